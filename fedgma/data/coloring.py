@@ -1,0 +1,55 @@
+"""Colouring grey MNIST digits into the two colored-MNIST tasks of DESIGN.md.
+
+Both functions return uint8 images (N, 3, 28, 28) (converted to floats in [0, 1]
+batch by batch at training time) and integer labels, and draw all randomness from
+the generator they are given, so the result is fixed by the seed.
+
+* binary: label y = 1 if digit >= 5 else 0; the digit is drawn in the red channel
+  for y = 0 and in the green channel for y = 1, swapped with probability
+  ``flip``. Unlike the seed repository this keeps the pixel range, permutes (not
+  reshapes) to channels-first, and colours by label, not by digit.
+* multiclass (after Arpit et al. 2019): 10 classes; in training every class has
+  two foreground and two background colours of its own; at test time foreground
+  and background are drawn from a shared set of 10 colours, independent of class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Fixed palettes (not seeded by the run, so every run and client agrees on them).
+_PALETTE_RNG = np.random.default_rng(20190101)
+TRAIN_FOREGROUNDS = _PALETTE_RNG.integers(0, 256, size=(10, 2, 3))
+TRAIN_BACKGROUNDS = _PALETTE_RNG.integers(0, 256, size=(10, 2, 3))
+TEST_COLOURS = _PALETTE_RNG.integers(0, 256, size=(10, 3))
+
+
+def binary_labels(digits: np.ndarray) -> np.ndarray:
+    """y = 1 for digits 5 to 9, 0 for 0 to 4."""
+    return (digits >= 5).astype(np.int64)
+
+
+def color_binary(images: np.ndarray, digits: np.ndarray, flip: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Binary colored MNIST with colour flip probability ``flip``."""
+    labels = binary_labels(digits)
+    flipped = rng.random(len(labels)) < flip
+    channel = labels ^ flipped  # 0 = red, 1 = green
+    colored = np.zeros((len(images), 3, 28, 28), dtype=np.uint8)
+    colored[np.arange(len(images)), channel] = images
+    return colored, labels
+
+
+def color_multiclass(images: np.ndarray, digits: np.ndarray, rng: np.random.Generator,
+                     training_colours: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-class colored MNIST; ``training_colours=False`` gives the OOD test colouring."""
+    n = len(images)
+    if training_colours:
+        foreground = TRAIN_FOREGROUNDS[digits, rng.integers(0, 2, n)]
+        background = TRAIN_BACKGROUNDS[digits, rng.integers(0, 2, n)]
+    else:
+        foreground = TEST_COLOURS[rng.integers(0, 10, n)]
+        background = TEST_COLOURS[rng.integers(0, 10, n)]
+    ink = images[:, None, :, :].astype(np.float32) / 255.0
+    mixed = ink * foreground[:, :, None, None] + (1.0 - ink) * background[:, :, None, None]
+    return np.rint(mixed).astype(np.uint8), digits.astype(np.int64)

@@ -1,0 +1,151 @@
+"""The run configuration as one typed, validated object.
+
+Flower hands every app a flat ``run_config`` dict (``[tool.flwr.app.config]`` in
+``pyproject.toml``, overridden with ``flwr run . --run-config "key=value"``). This
+module is the only place that reads it: :meth:`Settings.from_run_config` checks
+every key, type and range once, at start-up, and everything else receives the
+resulting frozen :class:`Settings` (or plain values taken from it). An unknown
+key, a wrong type or a value out of range raises :class:`ConfigError` naming the
+key and what is allowed, so a run stops before round 1 instead of failing later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, has the wrong type, or is out of range."""
+
+
+def _opt(default: Any, help: str, *, choices: tuple = (), low: float | None = None,
+         high: float | None = None, low_open: bool = False) -> Any:
+    """Declare one run-config key: its default, meaning and allowed values."""
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
+    })
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    # --- experiment -------------------------------------------------------
+    seed: int = _opt(0, "Seed for model init, partitioning, colouring and sampling.", low=0)
+    num_rounds: int = _opt(15, "Federated rounds.", low=1)
+    output_dir: str = _opt("", "Folder for metrics.json, metrics.csv, model.pt, accuracy.png; "
+                               "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
+    # --- data ---------------------------------------------------------------
+    task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e) "
+                               "or 'multiclass' colored MNIST (10 classes, class-specific colours).",
+                     choices=("binary", "multiclass"))
+    data_dir: str = _opt("", "Folder with the four MNIST IDX .gz files (offline); '' = download with "
+                             "torchvision into ~/.cache/fedgma.")
+    partitioner: str = _opt("pathological", "How training data is split across clients.",
+                            choices=("pathological", "iid", "dirichlet"))
+    classes_per_client: int = _opt(2, "Digits per client for the pathological partitioner.", low=1, high=10)
+    dirichlet_alpha: float = _opt(0.5, "Concentration of the dirichlet partitioner.", low=0.0, low_open=True)
+    flip_low: float = _opt(0.1, "Lowest per-client colour flip probability e_k (binary task).", low=0.0, high=1.0)
+    flip_high: float = _opt(0.2, "Highest per-client colour flip probability e_k (binary task).", low=0.0, high=1.0)
+    ood_flip: float = _opt(0.9, "Colour flip probability of the OOD test set (binary task).", low=0.0, high=1.0)
+    id_flip: float = _opt(0.15, "Colour flip probability of the in-distribution test set.", low=0.0, high=1.0)
+    max_client_examples: int = _opt(0, "Keep at most this many examples per client (0 = all).", low=0)
+    max_test_examples: int = _opt(0, "Keep at most this many test examples per test set (0 = all 10,000).", low=0)
+    # --- local training (clients) -----------------------------------------------
+    local_epochs: int = _opt(1, "Local epochs E per round.", low=1)
+    batch_size: int = _opt(64, "Local mini-batch size B (0 = full batch, as in the seed repository).", low=0)
+    optimizer: str = _opt("adam", "Local optimizer.", choices=("adam", "sgd"))
+    lr: float = _opt(1e-3, "Local learning rate.", low=0.0, low_open=True)
+    precision: str = _opt("fp32", "'fp32', or 'bf16' autocast for forward passes (about 0.5x the time on CPUs "
+                                  "with bf16 support; weights stay fp32).", choices=("fp32", "bf16"))
+    client_threads: int = _opt(0, "Torch threads per client (0 = the CPUs Ray gave the client, "
+                                   "or all cores outside Ray).", low=0)
+    # --- sampling -----------------------------------------------------------------
+    fraction_train: float = _opt(1.0, "Fraction of clients that train each round.", low=0.0, high=1.0,
+                                 low_open=True)
+    fraction_evaluate: float = _opt(0.0, "Fraction of clients that report local accuracy each round "
+                                         "(0 = only the server's centralised evaluation).",
+                                    low=0.0, high=1.0)
+    min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
+                                       "(Flower's min_available_nodes).", low=1)
+    # --- strategy -----------------------------------------------------------------
+    strategy: str = _opt("fedgma", "Server strategy.", choices=STRATEGIES)
+    gma: bool = _opt(False, "Apply the journal version's GMA mask on top of the strategy "
+                            "(not with 'fedgma', which masks already).")
+    p: float = _opt(0.7, "FedGMA (workshop) hard-mask threshold on the sign agreement.", low=0.0, high=1.0)
+    server_lr: float = _opt(1e-4, "FedGMA server step size eta_s along the masked mean gradient.", low=0.0)
+    fedgma_direction: str = _opt("gradient", "What FedGMA masks: the clients' last local 'gradient' (paper) "
+                                             "or the 'pseudo-gradient' w_t - w_k (no gradient upload).",
+                                 choices=("gradient", "pseudo-gradient"))
+    mask: str = _opt("soft", "GMA (journal) mask: 'soft' (A_j below tau scales by A_j) or 'hard' (zeroes).",
+                     choices=("soft", "hard"))
+    tau: float = _opt(0.4, "GMA (journal) threshold on the sign agreement.", low=0.0, high=1.0)
+    agreement_weighting: str = _opt("uniform", "Sign agreement over clients 'uniform' (papers) or weighted "
+                                               "by 'examples' (declearn's option).",
+                                    choices=("uniform", "examples"))
+    proximal_mu: float = _opt(0.01, "FedProx proximal term mu.", low=0.0)
+    server_momentum: float = _opt(0.9, "FedAvgM server momentum.", low=0.0, high=1.0)
+    server_momentum_lr: float = _opt(1.0, "FedAvgM server learning rate.", low=0.0, low_open=True)
+    fedopt_eta: float = _opt(0.01, "FedAdam/FedYogi/FedAdagrad server learning rate eta.", low=0.0,
+                             low_open=True)
+    fedopt_beta1: float = _opt(0.9, "FedAdam/FedYogi first-moment decay.", low=0.0, high=1.0)
+    fedopt_beta2: float = _opt(0.99, "FedAdam/FedYogi second-moment decay.", low=0.0, high=1.0)
+    fedopt_tau: float = _opt(1e-3, "FedAdam/FedYogi/FedAdagrad adaptivity (Flower's tau).", low=0.0,
+                             low_open=True)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
+        """Validate a Flower run config; raise ConfigError naming the first bad key."""
+        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in run_config.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"Unknown run-config key '{key}'.{hint} Known keys: {', '.join(sorted(fields))}.")
+            values[fields[key].name] = _check(key, value, fields[key])
+        settings = cls(**values)
+        if settings.flip_low > settings.flip_high:
+            raise ConfigError(f"Run-config key 'flip-low' ({settings.flip_low}) must not exceed "
+                              f"'flip-high' ({settings.flip_high}).")
+        if settings.gma and settings.strategy == "fedgma":
+            raise ConfigError("Run-config key 'gma' must be false with strategy='fedgma' "
+                              "(FedGMA masks already); use gma=true with fedavg, fedprox, fedavgm, "
+                              "fedadam, fedyogi or fedadagrad.")
+        return settings
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The settings as a flat kebab-case dict (for metrics.json and ConfigRecords)."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """(key, default, meaning) for every key, in declaration order (used by docs tests)."""
+        return [(f.name.replace("_", "-"), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def _check(key: str, value: Any, spec: dataclasses.Field) -> Any:
+    """Type- and range-check one value against its field declaration."""
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[spec.type]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"Run-config key '{key}' must be a {spec.type}, got {value!r} "
+                          f"({type(value).__name__}).")
+    meta = spec.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"Run-config key '{key}' is {value!r}; allowed values: "
+                          f"{', '.join(repr(c) for c in meta['choices'])}.")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        bound = f"> {low}" if meta["low_open"] else f">= {low}"
+        raise ConfigError(f"Run-config key '{key}' is {value!r}; it must be {bound}"
+                          + (f" and <= {high}." if high is not None else "."))
+    if high is not None and value > high:
+        raise ConfigError(f"Run-config key '{key}' is {value!r}; it must be <= {high}.")
+    return value

@@ -1,0 +1,134 @@
+"""Gradient-masking math as pure NumPy functions (no Flower import).
+
+Notation follows ../shared/DESIGN.md: clients k = 1..K, weights n_k, per-client
+arrays u_k (updates w_k - w_t, or last local gradients g_k), sign(0) = 0.
+
+* sign agreement  A_j = |sum_k a_k sign(u_kj)| / sum_k a_k   with a_k = 1 (the
+  papers) or a_k = n_k (weighted, Inria declearn's option); A_j lies in [0, 1];
+* hard (AND-)mask  m_j = 1 if A_j >= tau else 0   (Parascandolo et al.; FedGMA's p);
+* soft mask        m_j = 1 if A_j >= tau else A_j (the TMLR journal version of GMA).
+
+A tie (A_j exactly equal to the threshold) keeps the coordinate. Agreement is
+accumulated in float64 from exact sign sums, so e.g. 7 of 10 signs agreeing with
+3 disagreeing gives exactly 0.4 and compares as expected against tau = 0.4.
+
+Every function works on one array per client (one layer); callers loop over
+layers. Only sums of (weighted) signs and of (weighted) arrays are needed, so the
+scheme is compatible with secure aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def sign_agreement(updates: Iterable[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Per-coordinate sign agreement A in [0, 1] over the clients' arrays.
+
+    ``weights=None`` is the unweighted form of the papers; otherwise client k's
+    sign counts with weight ``weights[k]`` (e.g. its number of examples).
+    """
+    total = None
+    weight_sum = 0.0
+    for k, update in enumerate(updates):
+        signs = np.sign(update)
+        weight = 1.0 if weights is None else float(weights[k])
+        if total is None:
+            total = np.zeros(update.shape, dtype=np.float64)
+        if weight == 1.0:
+            total += signs
+        else:
+            total += weight * signs.astype(np.float64)
+        weight_sum += weight
+    if total is None:
+        raise ValueError("sign_agreement needs at least one client array")
+    if weight_sum <= 0:
+        raise ValueError(f"client weights must sum to a positive number, got {weight_sum}")
+    np.abs(total, out=total)
+    total /= weight_sum
+    return total
+
+
+def hard_mask(agreement: np.ndarray, threshold: float) -> np.ndarray:
+    """AND-mask: 1 where the agreement reaches the threshold, 0 elsewhere (float32)."""
+    return (agreement >= threshold).astype(np.float32)
+
+
+def soft_mask(agreement: np.ndarray, threshold: float) -> np.ndarray:
+    """Soft mask: 1 where the agreement reaches the threshold, else the agreement itself."""
+    return np.where(agreement >= threshold, 1.0, agreement).astype(np.float32)
+
+
+def build_mask(agreement: np.ndarray, threshold: float, kind: str) -> np.ndarray:
+    """The ``'hard'`` or ``'soft'`` mask of an agreement array."""
+    if kind == "hard":
+        return hard_mask(agreement, threshold)
+    if kind == "soft":
+        return soft_mask(agreement, threshold)
+    raise ValueError(f"mask kind must be 'hard' or 'soft', got {kind!r}")
+
+
+def weighted_mean(arrays: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """sum_k n_k u_k / sum_k n_k in the arrays' own dtype.
+
+    Same operations in the same order as Flower's ``aggregate_arrayrecords``
+    (scale each array by n_k / sum n, add in turn), so a FedGMA round with the
+    mask off reproduces Flower's FedAvg bit for bit.
+    """
+    weight_sum = float(sum(weights))
+    if weight_sum <= 0:
+        raise ValueError(f"client weights must sum to a positive number, got {weight_sum}")
+    total = None
+    for array, weight in zip(arrays, weights, strict=True):
+        if total is None:
+            total = array * (weight / weight_sum)
+        else:
+            total += array * (weight / weight_sum)
+    if total is None:
+        raise ValueError("weighted_mean needs at least one client array")
+    return total
+
+
+def apply_mask_to_update(reference: np.ndarray, client: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """w_t + m * (w_k - w_t): a client's weights with its update masked.
+
+    Coordinates with m = 1 return w_k bit for bit, so a mask of all ones leaves
+    every client (and hence any averaging strategy on top) exactly unchanged.
+    """
+    out = client - reference
+    out *= mask
+    out += reference
+    np.copyto(out, client, where=mask == 1)
+    return out
+
+
+def masks_by_layer(layers: Iterable[tuple[str, Iterable[np.ndarray]]], threshold: float, kind: str,
+                   weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(masks, agreements), each {layer name: array}, from ``(name, client arrays)`` pairs.
+
+    The client arrays of a layer may be a generator, so a caller can compute each
+    client's update on the fly instead of holding all K updates in memory.
+    """
+    masks, agreements = {}, {}
+    for name, client_arrays in layers:
+        agreements[name] = sign_agreement(client_arrays, weights)
+        masks[name] = build_mask(agreements[name], threshold, kind)
+    return masks, agreements
+
+
+def mask_statistics(masks: dict[str, np.ndarray], agreements: dict[str, np.ndarray]) -> dict[str, float]:
+    """Round diagnostics: the fraction of coordinates fully kept (``mask-density``,
+    overall and ``mask-density/<layer>``), the mean mask value (``mask-mean``,
+    equal to the density for a hard mask) and the mean sign agreement
+    (``mean-agreement``)."""
+    size = sum(m.size for m in masks.values())
+    kept = {name: np.count_nonzero(m == 1) for name, m in masks.items()}
+    stats = {
+        "mask-density": float(sum(kept.values()) / size),
+        "mask-mean": float(sum(float(m.sum(dtype=np.float64)) for m in masks.values()) / size),
+        "mean-agreement": float(sum(float(a.sum()) for a in agreements.values()) / size),
+    }
+    stats.update({f"mask-density/{name}": float(kept[name] / masks[name].size) for name in masks})
+    return stats

@@ -1,0 +1,43 @@
+"""Strategy registry: run-config names to configured Flower strategies.
+
+``strategy`` picks the algorithm and ``gma`` adds the journal version's mask on
+top. Every strategy comes back wrapped in a :class:`ReplyGuard` (GMA and FedGMA
+are ReplyGuards themselves), so failed or malformed client replies are always
+counted and left out, whatever the algorithm.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+
+from ..settings import Settings
+from .fedgma import FedGMA
+from .gma import GMA
+from .guard import ReplyGuard
+
+
+def build_strategy(settings: Settings) -> ReplyGuard:
+    """The strategy named by ``settings.strategy`` (+ GMA if ``settings.gma``)."""
+    common = dict(fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
+                  min_train_nodes=1, min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
+                  min_available_nodes=settings.min_available_nodes)
+    fedopt = dict(eta=settings.fedopt_eta, eta_l=settings.lr, tau=settings.fedopt_tau)
+    adam_betas = dict(beta_1=settings.fedopt_beta1, beta_2=settings.fedopt_beta2)
+    builders = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedgma": lambda: FedAvg(**common),
+        "fedprox": lambda: FedProx(**common, proximal_mu=settings.proximal_mu),
+        "fedavgm": lambda: FedAvgM(**common, server_learning_rate=settings.server_momentum_lr,
+                                   server_momentum=settings.server_momentum),
+        "fedadam": lambda: FedAdam(**common, **fedopt, **adam_betas),
+        "fedyogi": lambda: FedYogi(**common, **fedopt, **adam_betas),
+        "fedadagrad": lambda: FedAdagrad(**common, **fedopt),
+    }
+    inner: Strategy = builders[settings.strategy]()
+    weighted = settings.agreement_weighting == "examples"
+    if settings.strategy == "fedgma":
+        return FedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
+                      weighted_agreement=weighted)
+    if settings.gma:
+        return GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted)
+    return ReplyGuard(inner)
