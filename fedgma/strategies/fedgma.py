@@ -25,7 +25,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from .guard import ReplyGuard
 from .masking import mask_statistics, masks_by_layer, weighted_mean
-from .replies import GRADIENT, WEIGHTS, AcceptedReply, encode
+from ..records import encode
+from .replies import GRADIENT, WEIGHTS, AcceptedReply
 
 #: Train-config flag that asks the ClientApp for its last local gradient.
 SEND_GRADIENT = "send-gradient"

@@ -26,7 +26,8 @@ from flwr.serverapp.strategy import Strategy
 
 from .guard import ReplyGuard
 from .masking import apply_mask_to_update, mask_statistics, masks_by_layer
-from .replies import WEIGHTS, AcceptedReply, encode
+from ..records import encode
+from .replies import WEIGHTS, AcceptedReply
 
 
 class GMA(ReplyGuard):

@@ -23,7 +23,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .replies import WEIGHTS, AcceptedReply, decode, screen_train_replies
+from ..records import decode
+from .replies import WEIGHTS, AcceptedReply, screen_train_replies
 
 
 class ReplyGuard(Strategy):

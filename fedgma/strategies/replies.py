@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Message
 from flwr.common.logger import log
+
+from ..records import decode
 
 NUM_EXAMPLES = "num-examples"
 WEIGHTS = "arrays"  # Flower's default ArrayRecord key for model weights
@@ -40,16 +42,6 @@ class ScreenedReplies:
     def counts(self) -> dict[str, int]:
         return {"replies-accepted": len(self.accepted), "replies-failed": self.failed,
                 "replies-rejected": self.rejected}
-
-
-def decode(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ArrayRecord as {layer name: ndarray}."""
-    return {name: array.numpy() for name, array in record.items()}
-
-
-def encode(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """{layer name: ndarray} as an ArrayRecord (keeps the layer order)."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
 
 
 def screen_train_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],

@@ -1,0 +1,125 @@
+"""What a run leaves on disk: metrics.json, metrics.csv, model.pt and accuracy.png.
+
+``metrics.json`` and ``metrics.csv`` are rewritten after every round (atomically),
+so a run that stops half way keeps every finished round; ``status`` in
+metrics.json says whether the run completed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .settings import Settings
+
+
+def resolve_output_dir(settings: Settings) -> Path:
+    """``output-dir`` as an absolute path; '' becomes ./outputs/<time>-<strategy>."""
+    if settings.output_dir:
+        return Path(settings.output_dir).expanduser().resolve()
+    name = settings.strategy + ("-gma" if settings.gma else "")
+    return Path.cwd() / "outputs" / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("flwr", "torch", "numpy", "flwr-datasets", "ray"):
+        try:
+            found[package] = version(package)
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            pass
+    return found
+
+
+class RunRecorder:
+    """Collects one row per round and keeps the files in ``folder`` up to date."""
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {
+            "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
+            "seed": settings.seed, "config": settings.to_run_config(), "versions": versions(), "rounds": self.rows,
+        }
+        self._write_json()
+
+    def record_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._write_json()
+        self._write_csv()
+
+    def finish(self, state_dict: dict[str, torch.Tensor], status: str = "completed") -> None:
+        """Save the final model and plot, and mark the run ``status``."""
+        torch.save(state_dict, self.folder / "model.pt")
+        plot_accuracy(self.rows, self.folder / "accuracy.png")
+        self.set_status(status)
+
+    def set_status(self, status: str) -> None:
+        """Mark the run's status without touching the recorded rounds."""
+        self.report["status"] = status
+        self.report["finished"] = datetime.now().isoformat(timespec="seconds")
+        self._write_json()
+
+    def _write_json(self) -> None:
+        _atomic_write(self.folder / "metrics.json", json.dumps(self.report, indent=2))
+
+    def _write_csv(self) -> None:
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        tmp = self.folder / "metrics.csv.tmp"
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "metrics.csv")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """OOD and in-distribution accuracy against the round, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("ood-accuracy", "OOD test (e = flipped colours)"), ("id-accuracy", "in-distribution test")):
+        points = [(row["round"], row[key]) for row in rows if key in row]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or path.parent.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class RoundTimer:
+    """Seconds since the previous call (the first call measures from creation)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return elapsed

@@ -1,0 +1,63 @@
+"""Shared test helpers: real MNIST location, Flower message builders, tiny settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest.mock import Mock
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedgma.records import encode
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("FEDGMA_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist")).resolve()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"real MNIST IDX files expected in {MNIST_DIR} (set FEDGMA_MNIST_DIR)")
+    return MNIST_DIR
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower 1.41 refuses to build a Message outside a running task; pretend to be one."""
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def grid_with(node_ids):
+    grid = Mock()
+    grid.get_node_ids.return_value = list(node_ids)
+    return grid
+
+
+def send(strategy, arrays: dict[str, np.ndarray], node_ids=(1, 2, 3), server_round: int = 1) -> list[Message]:
+    """configure_train through the real strategy; returns the instructions it built."""
+    return list(strategy.configure_train(server_round, encode(arrays), ConfigRecord(), grid_with(node_ids)))
+
+
+def reply(instruction: Message, weights: dict[str, np.ndarray], num_examples=10,
+          gradient: dict[str, np.ndarray] | None = None, **metrics) -> Message:
+    content = RecordDict({"arrays": encode(weights),
+                          "metrics": MetricRecord({"num-examples": num_examples, "train-loss": 1.0, **metrics})})
+    if gradient is not None:
+        content["gradient"] = encode(gradient)
+    return Message(content, reply_to=instruction)
+
+
+def error_reply(instruction: Message) -> Message:
+    return Message(Error(code=0, reason="client crashed"), reply_to=instruction)
+
+
+def layers(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A small two-layer model's arrays."""
+    return {"w": (scale * rng.standard_normal((4, 3))).astype(np.float32),
+            "b": (scale * rng.standard_normal(3)).astype(np.float32)}

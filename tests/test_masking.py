@@ -1,0 +1,78 @@
+"""The masking math against hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from fedgma.strategies.masking import (apply_mask_to_update, build_mask, hard_mask, mask_statistics,
+                                       masks_by_layer, sign_agreement, soft_mask, weighted_mean)
+
+
+def arr(*values):
+    return np.array(values, dtype=np.float32)
+
+
+def test_agreement_counts_signs_with_sign_of_zero_as_zero():
+    updates = [arr(1.0, -2.0, 0.0, 3.0), arr(0.5, 1.0, 0.0, 0.0), arr(2.0, -1.0, 0.0, -1.0)]
+    # coord 0: +,+,+ -> 1; coord 1: -,+,- -> 1/3; coord 2: 0,0,0 -> 0; coord 3: +,0,- -> 0
+    np.testing.assert_allclose(sign_agreement(updates), [1.0, 1 / 3, 0.0, 0.0])
+
+
+def test_all_agree_and_all_disagree():
+    assert sign_agreement([arr(1, -1), arr(2, -3)]).tolist() == [1.0, 1.0]
+    assert sign_agreement([arr(1, -1), arr(-2, 3)]).tolist() == [0.0, 0.0]
+
+
+def test_weighted_agreement_uses_example_counts():
+    # signs +, -, - with weights 6, 1, 1 -> |6 - 2| / 8 = 0.5 (unweighted: 1/3)
+    updates = [arr(1.0), arr(-1.0), arr(-1.0)]
+    assert sign_agreement(updates, [6, 1, 1]).tolist() == [0.5]
+    assert sign_agreement(updates).tolist() == pytest.approx([1 / 3])
+
+
+def test_tie_at_the_threshold_keeps_the_coordinate():
+    # 7 of 10 positive, 3 negative: A = 0.4 exactly
+    agreement = sign_agreement([arr(1.0)] * 7 + [arr(-1.0)] * 3)
+    assert agreement.tolist() == [0.4]
+    assert hard_mask(agreement, 0.4).tolist() == [1.0]
+    assert hard_mask(agreement, 0.41).tolist() == [0.0]
+
+
+def test_hard_and_soft_masks():
+    agreement = np.array([0.0, 0.2, 0.5, 1.0])
+    assert hard_mask(agreement, 0.5).tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(soft_mask(agreement, 0.5), [0.0, 0.2, 1.0, 1.0])
+
+
+def test_tau_zero_keeps_everything_and_tau_one_only_unanimous():
+    agreement = np.array([0.0, 0.3, 1.0])
+    assert hard_mask(agreement, 0.0).tolist() == [1, 1, 1]
+    assert soft_mask(agreement, 0.0).tolist() == [1, 1, 1]
+    assert hard_mask(agreement, 1.0).tolist() == [0, 0, 1]
+    np.testing.assert_allclose(soft_mask(agreement, 1.0), [0.0, 0.3, 1.0])
+
+
+def test_build_mask_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="'hard' or 'soft'"):
+        build_mask(np.zeros(2), 0.5, "medium")
+
+
+def test_weighted_mean_by_hand():
+    assert weighted_mean([arr(1.0, 2.0), arr(4.0, 8.0)], [1, 3]).tolist() == [3.25, 6.5]
+    with pytest.raises(ValueError):
+        weighted_mean([arr(1.0)], [0])
+
+
+def test_apply_mask_to_update():
+    reference, client = arr(1.0, 1.0, 1.0), arr(3.0, 5.0, 0.1)
+    out = apply_mask_to_update(reference, client, np.array([1.0, 0.5, 0.0], dtype=np.float32))
+    assert out[0] == client[0]  # bit for bit where the mask is 1
+    np.testing.assert_allclose(out, [3.0, 3.0, 1.0])
+
+
+def test_masks_by_layer_and_statistics():
+    masks, agreements = masks_by_layer([("a", [arr(1, 1), arr(1, -1)]), ("b", [arr(-1), arr(-1)])], 0.5, "hard")
+    assert masks["a"].tolist() == [1, 0] and masks["b"].tolist() == [1]
+    stats = mask_statistics(masks, agreements)
+    assert stats["mask-density"] == pytest.approx(2 / 3)
+    assert stats["mean-agreement"] == pytest.approx(2 / 3)
+    assert stats["mask-density/a"] == 0.5 and stats["mask-density/b"] == 1.0

@@ -1,0 +1,184 @@
+"""Strategies' aggregation with constructed replies (real Flower Messages)."""
+
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedAdam, FedAvg
+
+from conftest import error_reply, layers, reply, send
+from fedgma.records import decode, encode
+from fedgma.settings import ConfigError, STRATEGIES, Settings
+from fedgma.strategies import GMA, FedGMA, ReplyGuard, build_strategy
+from fedgma.strategies.masking import masks_by_layer
+
+
+def global_and_clients(seed=0, k=3):
+    rng = np.random.default_rng(seed)
+    reference = layers(rng)
+    clients = [{n: a + layers(rng, 0.1)[n] for n, a in reference.items()} for _ in range(k)]
+    return reference, clients
+
+
+def run_round(strategy, reference, clients, examples=(10, 30, 60), gradients=None, node_ids=(1, 2, 3)):
+    instructions = send(strategy, reference, node_ids)
+    replies = [reply(ins, w, n, None if gradients is None else g)
+               for ins, w, n, g in zip(instructions, clients, examples, gradients or [None] * len(clients))]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    return (None if arrays is None else decode(arrays)), metrics
+
+
+def fedavg():
+    return FedAvg(min_available_nodes=1, min_train_nodes=1)
+
+
+def test_fedgma_with_mask_off_equals_fedavg_exactly():
+    reference, clients = global_and_clients()
+    gradients = [layers(np.random.default_rng(i)) for i in range(3)]
+    masked, metrics = run_round(FedGMA(fedavg(), p=0.0, server_lr=0.0), reference, clients, gradients=gradients)
+    plain, _ = run_round(ReplyGuard(fedavg()), reference, clients)
+    for name in reference:
+        assert np.array_equal(masked[name], plain[name])
+    assert metrics["mask-density"] == 1.0
+
+
+def test_fedgma_server_step_by_hand():
+    reference = {"w": np.zeros(3, np.float32)}
+    clients = [{"w": np.array([1.0, 2.0, 3.0], np.float32)}, {"w": np.array([3.0, 2.0, 1.0], np.float32)}]
+    gradients = [{"w": np.array([1.0, 1.0, -1.0], np.float32)}, {"w": np.array([3.0, -1.0, -3.0], np.float32)}]
+    # examples 1 and 3: mean weights [2.5, 2, 1.5]; agreement [1, 0, 1] -> hard mask p=0.8 [1, 0, 1]
+    # masked mean gradient [2.5, 0, -2.5]; w = mean - 0.1 * that
+    new, metrics = run_round(FedGMA(fedavg(), p=0.8, server_lr=0.1), reference, clients, (1, 3), gradients,
+                             node_ids=(1, 2))
+    np.testing.assert_allclose(new["w"], [2.25, 2.0, 1.75], rtol=1e-6)
+    assert metrics["mask-density"] == pytest.approx(2 / 3)
+
+
+def test_fedgma_pseudo_gradient_direction_needs_no_gradient():
+    reference = {"w": np.zeros(2, np.float32)}
+    clients = [{"w": np.array([1.0, 1.0], np.float32)}, {"w": np.array([1.0, -1.0], np.float32)}]
+    # direction w_t - w_k = [-1,-1], [-1, 1]: agreement [1, 0]; mean direction [-1, 0]
+    new, _ = run_round(FedGMA(fedavg(), p=0.5, server_lr=0.5, direction="pseudo-gradient"), reference, clients,
+                       (1, 1), node_ids=(1, 2))
+    np.testing.assert_allclose(new["w"], [1.5, 0.0])
+
+
+def test_fedgma_asks_clients_for_gradients_only_when_it_uses_them():
+    reference, _ = global_and_clients()
+    assert send(FedGMA(fedavg()), reference)[0].content["config"]["send-gradient"] is True
+    assert send(FedGMA(fedavg(), direction="pseudo-gradient"), reference)[0].content["config"]["send-gradient"] is False
+
+
+def test_fedgma_rejects_reply_without_gradient():
+    reference, clients = global_and_clients()
+    strategy = FedGMA(fedavg())
+    instructions = send(strategy, reference)
+    replies = [reply(instructions[0], clients[0], 10, gradient=clients[0]), reply(instructions[1], clients[1], 10)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["replies-accepted"] == 1 and metrics["replies-rejected"] == 1
+
+
+def test_gma_over_fedavg_with_tau_zero_equals_fedavg():
+    reference, clients = global_and_clients()
+    masked, metrics = run_round(GMA(fedavg(), tau=0.0), reference, clients)
+    plain, _ = run_round(ReplyGuard(fedavg()), reference, clients)
+    for name in reference:
+        assert np.array_equal(masked[name], plain[name])
+    assert metrics["mask-density"] == 1.0
+
+
+def test_gma_soft_mask_by_hand():
+    reference = {"w": np.ones(3, np.float32)}
+    clients = [{"w": np.array([2.0, 2.0, 0.0], np.float32)}, {"w": np.array([3.0, 0.0, 0.0], np.float32)},
+               {"w": np.array([4.0, 0.0, 1.0], np.float32)}]
+    # updates [1,1,-1], [2,-1,-1], [3,-1,0]: agreement [1, 1/3, 2/3]; tau 0.5 soft -> [1, 1/3, 1]
+    # equal weights: mean update [2, -1/3, -2/3] -> w = 1 + m * mean = [3, 8/9, 1/3]
+    new, metrics = run_round(GMA(fedavg(), tau=0.5), reference, clients, (5, 5, 5))
+    np.testing.assert_allclose(new["w"], [3.0, 1 - 1 / 9, 1 / 3], rtol=1e-6)
+    assert metrics["mask-density"] == pytest.approx(2 / 3)
+    assert metrics["mask-mean"] == pytest.approx((2 + 1 / 3) / 3)
+
+
+def test_gma_over_fedadam_feeds_the_masked_pseudo_gradient_to_adam():
+    reference, clients = global_and_clients(seed=3)
+    examples = (10, 30, 60)
+    adam = dict(eta=0.1, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3, min_available_nodes=1, min_train_nodes=1)
+    got, _ = run_round(GMA(FedAdam(**adam), tau=0.6, mask="soft"), reference, clients, examples)
+
+    # Expected: Adam's step from a pseudo-gradient m * mean(Delta_k), built independently.
+    masks, _ = masks_by_layer(((n, [c[n] - r for c in clients]) for n, r in reference.items()), 0.6, "soft")
+    total = sum(examples)
+    masked_mean = {n: reference[n] + masks[n] * sum(e / total * (c[n] - reference[n]) for c, e in zip(clients, examples))
+                   for n in reference}
+    expected, _ = run_round(ReplyGuard(FedAdam(**adam)), reference, [masked_mean], (1,), node_ids=(1,))
+    unmasked, _ = run_round(ReplyGuard(FedAdam(**adam)), reference, clients, examples)
+    for name in reference:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(got[n], unmasked[n]) for n in reference)
+
+
+@pytest.mark.parametrize("make", [lambda: ReplyGuard(fedavg()), lambda: GMA(fedavg(), tau=0.4),
+                                  lambda: FedGMA(fedavg(), direction="pseudo-gradient")])
+def test_rejected_replies_do_not_change_the_result_of_the_others(make):
+    reference, clients = global_and_clients()
+    clean, _ = run_round(make(), reference, clients)
+
+    strategy = make()
+    instructions = send(strategy, reference, node_ids=(1, 2, 3, 4, 5, 6, 7))
+    nan = {n: a.copy() for n, a in clients[0].items()}
+    nan["w"][0, 0] = np.nan
+    inf = {n: a.copy() for n, a in clients[0].items()}
+    inf["b"][1] = np.inf
+    wrong_shape = {"w": np.zeros((3, 4), np.float32), "b": clients[0]["b"]}
+    replies = [reply(instructions[i], clients[i], n) for i, n in enumerate((10, 30, 60))] + [
+        reply(instructions[3], nan, 10), reply(instructions[4], inf, 10), reply(instructions[5], wrong_shape, 10),
+        error_reply(instructions[6])]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    for name in reference:
+        assert np.array_equal(decode(arrays)[name], clean[name])
+    assert (metrics["replies-accepted"], metrics["replies-rejected"], metrics["replies-failed"]) == (3, 3, 1)
+
+
+def test_no_valid_reply_keeps_the_previous_model():
+    reference, clients = global_and_clients()
+    strategy = GMA(fedavg())
+    instructions = send(strategy, reference, node_ids=(1, 2))
+    bad = {"w": clients[0]["w"], "b": np.full(3, np.nan, np.float32)}
+    arrays, metrics = strategy.aggregate_train(1, [reply(instructions[0], bad, 10), error_reply(instructions[1])])
+    assert arrays is None  # Flower's round loop keeps the previous global model
+    assert (metrics["replies-accepted"], metrics["replies-rejected"], metrics["replies-failed"]) == (0, 1, 1)
+    assert strategy.train_metrics[1] is metrics
+
+
+def test_missing_or_bad_num_examples_is_rejected():
+    reference, clients = global_and_clients()
+    strategy = ReplyGuard(fedavg())
+    instructions = send(strategy, reference)
+    replies = [reply(instructions[0], clients[0], 10), reply(instructions[1], clients[1], 0),
+               reply(instructions[2], clients[2], -5)]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert (metrics["replies-accepted"], metrics["replies-rejected"]) == (1, 2)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("gma", [False, True])
+def test_registry_builds_every_combination(name, gma):
+    if name == "fedgma" and gma:
+        with pytest.raises(ConfigError, match="'gma'"):
+            Settings.from_run_config({"strategy": name, "gma": gma})
+        return
+    strategy = build_strategy(Settings.from_run_config({"strategy": name, "gma": gma}))
+    assert isinstance(strategy, ReplyGuard)
+    assert isinstance(strategy, GMA) == gma
+    assert isinstance(strategy, FedGMA) == (name == "fedgma")
+    reference, clients = global_and_clients()
+    arrays, metrics = run_round(strategy, reference, clients,
+                                gradients=clients if name == "fedgma" else None)
+    assert set(arrays) == set(reference) and all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_strategy_constructors_validate():
+    with pytest.raises(ValueError, match="tau"):
+        GMA(fedavg(), tau=1.5)
+    with pytest.raises(ValueError, match="p must"):
+        FedGMA(fedavg(), p=-0.1)
+    with pytest.raises(ValueError, match="server_lr"):
+        FedGMA(fedavg(), server_lr=-1.0)
