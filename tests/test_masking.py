@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedgma.strategies.masking import (apply_mask_to_update, build_mask, hard_mask, mask_statistics,
-                                       masks_by_layer, sign_agreement, soft_mask, weighted_mean)
+                                       sign_agreement, soft_mask, weighted_mean)
 
 
 def arr(*values):
@@ -69,8 +69,20 @@ def test_apply_mask_to_update():
     np.testing.assert_allclose(out, [3.0, 3.0, 1.0])
 
 
-def test_masks_by_layer_and_statistics():
-    masks, agreements = masks_by_layer([("a", [arr(1, 1), arr(1, -1)]), ("b", [arr(-1), arr(-1)])], 0.5, "hard")
+def test_agreement_relative_to_a_reference_equals_agreement_of_differences():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal(50).astype(np.float32)
+    clients = [reference + rng.standard_normal(50).astype(np.float32) * (rng.random(50) > 0.3) for _ in range(7)]
+    direct = sign_agreement([c - reference for c in clients])
+    assert np.array_equal(sign_agreement(clients, reference=reference), direct)
+    weights = rng.integers(1, 100, 7)
+    np.testing.assert_allclose(sign_agreement(clients, weights, reference), sign_agreement(
+        [c - reference for c in clients], weights), rtol=1e-12)
+
+
+def test_statistics_by_layer():
+    agreements = {"a": sign_agreement([arr(1, 1), arr(1, -1)]), "b": sign_agreement([arr(-1), arr(-1)])}
+    masks = {name: hard_mask(a, 0.5) for name, a in agreements.items()}
     assert masks["a"].tolist() == [1, 0] and masks["b"].tolist() == [1]
     stats = mask_statistics(masks, agreements)
     assert stats["mask-density"] == pytest.approx(2 / 3)

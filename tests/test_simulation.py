@@ -18,7 +18,7 @@ import torch
 
 from conftest import REPO
 from fedgma.model import build_model
-from processes import free_port, stop_tree_and_mentions
+from fedgma.bench.processes import free_port, stop_tree_and_mentions
 
 pytestmark = pytest.mark.simulation
 FLWR = str(Path(sys.executable).with_name("flwr"))

@@ -8,7 +8,7 @@ from conftest import error_reply, layers, reply, send
 from fedgma.records import decode, encode
 from fedgma.settings import ConfigError, STRATEGIES, Settings
 from fedgma.strategies import GMA, FedGMA, ReplyGuard, build_strategy
-from fedgma.strategies.masking import masks_by_layer
+from fedgma.strategies.masking import soft_mask, sign_agreement
 
 
 def global_and_clients(seed=0, k=3):
@@ -104,7 +104,7 @@ def test_gma_over_fedadam_feeds_the_masked_pseudo_gradient_to_adam():
     got, _ = run_round(GMA(FedAdam(**adam), tau=0.6, mask="soft"), reference, clients, examples)
 
     # Expected: Adam's step from a pseudo-gradient m * mean(Delta_k), built independently.
-    masks, _ = masks_by_layer(((n, [c[n] - r for c in clients]) for n, r in reference.items()), 0.6, "soft")
+    masks = {n: soft_mask(sign_agreement([c[n] - r for c in clients]), 0.6) for n, r in reference.items()}
     total = sum(examples)
     masked_mean = {n: reference[n] + masks[n] * sum(e / total * (c[n] - reference[n]) for c, e in zip(clients, examples))
                    for n in reference}
@@ -175,7 +175,15 @@ def test_registry_builds_every_combination(name, gma):
     assert set(arrays) == set(reference) and all(np.isfinite(a).all() for a in arrays.values())
 
 
+def test_gma_keeps_the_clients_metrics_and_counts():
+    reference, clients = global_and_clients()
+    _, metrics = run_round(GMA(fedavg(), tau=0.4), reference, clients, (10, 30, 60))
+    assert metrics["train-loss"] == pytest.approx(1.0) and metrics["replies-accepted"] == 3
+
+
 def test_strategy_constructors_validate():
+    with pytest.raises(TypeError, match="FedAvg family"):
+        GMA(ReplyGuard(fedavg()))
     with pytest.raises(ValueError, match="tau"):
         GMA(fedavg(), tau=1.5)
     with pytest.raises(ValueError, match="p must"):

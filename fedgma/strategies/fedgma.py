@@ -24,9 +24,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from .guard import ReplyGuard
-from .masking import mask_statistics, masks_by_layer, weighted_mean
+from .masking import hard_mask, mask_statistics, sign_agreement, weighted_mean
 from ..records import encode
-from .replies import GRADIENT, WEIGHTS, AcceptedReply
+from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 #: Train-config flag that asks the ClientApp for its last local gradient.
 SEND_GRADIENT = "send-gradient"
@@ -83,20 +83,20 @@ class FedGMA(ReplyGuard):
 
     def aggregate_accepted(self, server_round: int,
                            replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        reference = self.current_arrays
         weights = [r.num_examples for r in replies]
-
-        def directions(name: str):
+        sign_weights = weights if self.weighted_agreement else None
+        new_arrays, masks, agreements = {}, {}, {}
+        for name, reference in self.current_arrays.items():
+            client_weights = [r.arrays[WEIGHTS][name] for r in replies]
+            mean_weights = weighted_mean(client_weights, weights)
             if self.direction == "gradient":
-                return (r.arrays[GRADIENT][name] for r in replies)
-            return (reference[name] - r.arrays[WEIGHTS][name] for r in replies)
-
-        masks, agreements = masks_by_layer(((name, directions(name)) for name in reference), self.p, "hard",
-                                           weights if self.weighted_agreement else None)
-        new_arrays = {}
-        for name in reference:
-            mean_weights = weighted_mean((r.arrays[WEIGHTS][name] for r in replies), weights)
-            masked_direction = masks[name] * weighted_mean(directions(name), weights)
-            new_arrays[name] = mean_weights - self.server_lr * masked_direction
-        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], "num-examples")
+                gradients = [r.arrays[GRADIENT][name] for r in replies]
+                agreements[name] = sign_agreement(gradients, sign_weights)
+                mean_direction = weighted_mean(gradients, weights)
+            else:  # w_t - w_k: same agreement as the updates' signs, mean w_t - w_bar
+                agreements[name] = sign_agreement(client_weights, sign_weights, reference=reference)
+                mean_direction = reference - mean_weights
+            masks[name] = hard_mask(agreements[name], self.p)
+            new_arrays[name] = mean_weights - self.server_lr * (masks[name] * mean_direction)
+        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
         return encode(new_arrays), MetricRecord(dict(metrics) | mask_statistics(masks, agreements))

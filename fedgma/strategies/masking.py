@@ -24,31 +24,38 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 
-def sign_agreement(updates: Iterable[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
-    """Per-coordinate sign agreement A in [0, 1] over the clients' arrays.
+def sign_agreement(arrays: Iterable[np.ndarray], weights: Sequence[float] | None = None,
+                   reference: np.ndarray | None = None) -> np.ndarray:
+    """Per-coordinate sign agreement A in [0, 1] (float64) of ``arrays`` minus ``reference``.
 
-    ``weights=None`` is the unweighted form of the papers; otherwise client k's
-    sign counts with weight ``weights[k]`` (e.g. its number of examples).
+    Without ``reference`` the signs are those of the arrays themselves (e.g. last
+    gradients g_k); with it, of u_k = array - reference (e.g. updates w_k - w_t),
+    computed by comparison, without forming the difference. ``weights=None`` is
+    the unweighted form of the papers: signs are counted exactly in int32;
+    otherwise client k's sign counts with weight ``weights[k]``.
     """
-    total = None
+    counts = positive = negative = None
     weight_sum = 0.0
-    for k, update in enumerate(updates):
-        signs = np.sign(update)
-        weight = 1.0 if weights is None else float(weights[k])
-        if total is None:
-            total = np.zeros(update.shape, dtype=np.float64)
-        if weight == 1.0:
-            total += signs
+    pivot = 0 if reference is None else reference
+    for k, array in enumerate(arrays):
+        if counts is None:
+            counts = np.zeros(array.shape, dtype=np.int32 if weights is None else np.float64)
+            positive, negative = np.empty(array.shape, dtype=bool), np.empty(array.shape, dtype=bool)
+        np.greater(array, pivot, out=positive)
+        np.less(array, pivot, out=negative)
+        if weights is None:
+            counts += positive
+            counts -= negative
+            weight_sum += 1.0
         else:
-            total += weight * signs.astype(np.float64)
-        weight_sum += weight
-    if total is None:
+            weight = float(weights[k])
+            counts += weight * (positive.astype(np.float64) - negative)
+            weight_sum += weight
+    if counts is None:
         raise ValueError("sign_agreement needs at least one client array")
     if weight_sum <= 0:
         raise ValueError(f"client weights must sum to a positive number, got {weight_sum}")
-    np.abs(total, out=total)
-    total /= weight_sum
-    return total
+    return np.abs(counts, dtype=np.float64) / weight_sum
 
 
 def hard_mask(agreement: np.ndarray, threshold: float) -> np.ndarray:
@@ -75,17 +82,19 @@ def weighted_mean(arrays: Iterable[np.ndarray], weights: Sequence[float]) -> np.
 
     Same operations in the same order as Flower's ``aggregate_arrayrecords``
     (scale each array by n_k / sum n, add in turn), so a FedGMA round with the
-    mask off reproduces Flower's FedAvg bit for bit.
+    mask off reproduces Flower's FedAvg bit for bit; one scratch buffer is reused
+    instead of allocating a product per client.
     """
     weight_sum = float(sum(weights))
     if weight_sum <= 0:
         raise ValueError(f"client weights must sum to a positive number, got {weight_sum}")
-    total = None
+    total = scratch = None
     for array, weight in zip(arrays, weights, strict=True):
         if total is None:
             total = array * (weight / weight_sum)
+            scratch = np.empty_like(total)
         else:
-            total += array * (weight / weight_sum)
+            total += np.multiply(array, weight / weight_sum, out=scratch)
     if total is None:
         raise ValueError("weighted_mean needs at least one client array")
     return total
@@ -102,20 +111,6 @@ def apply_mask_to_update(reference: np.ndarray, client: np.ndarray, mask: np.nda
     out += reference
     np.copyto(out, client, where=mask == 1)
     return out
-
-
-def masks_by_layer(layers: Iterable[tuple[str, Iterable[np.ndarray]]], threshold: float, kind: str,
-                   weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(masks, agreements), each {layer name: array}, from ``(name, client arrays)`` pairs.
-
-    The client arrays of a layer may be a generator, so a caller can compute each
-    client's update on the fly instead of holding all K updates in memory.
-    """
-    masks, agreements = {}, {}
-    for name, client_arrays in layers:
-        agreements[name] = sign_agreement(client_arrays, weights)
-        masks[name] = build_mask(agreements[name], threshold, kind)
-    return masks, agreements
 
 
 def mask_statistics(masks: dict[str, np.ndarray], agreements: dict[str, np.ndarray]) -> dict[str, float]:

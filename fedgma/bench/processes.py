@@ -1,4 +1,7 @@
-"""Finding and stopping the processes a test started, by PID (Linux /proc, no psutil)."""
+"""Finding, measuring and stopping the processes a benchmark or test started, by PID.
+
+Linux ``/proc`` only, so nothing beyond the standard library is needed.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +72,17 @@ def _alive(pid: int) -> bool:
         return state != "Z"
     except (OSError, IndexError):
         return False
+
+
+def rss_bytes(pids: set[int]) -> int:
+    """Summed resident memory of ``pids`` (processes that ended count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def free_port() -> int:
