@@ -1,8 +1,9 @@
 """Time one ``aggregate_train`` call for K clients of the 579,009-parameter CNN.
 
-Flower's own FedAvg (unwrapped, as a user would run it) against this project's
-FedGMA (both directions) and GMA over FedAdam, all on the same synthetic replies:
-the global model plus small random updates, ``num-examples`` 600 each.
+Flower's own FedAvg and FedAdam (unwrapped, as a user would run them) against
+this project's FedGMA (both directions) and GMA over FedAdam, all on the same
+kind of synthetic replies: the global model plus small random updates,
+``num-examples`` 600 each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fedgma (gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7),
     "fedgma (pseudo-gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7,
                                                direction="pseudo-gradient"),
+    "fedadam (Flower)": lambda: FedAdam(min_available_nodes=1, min_train_nodes=1),
     "gma + fedadam": lambda: GMA(FedAdam(min_available_nodes=1, min_train_nodes=1), tau=0.4),
 }
 
@@ -52,9 +54,11 @@ def time_aggregation(name: str, k: int, seed: int = 0) -> float:
     strategy = STRATEGIES[name]()
     instructions = list(strategy.configure_train(1, encode(reference), ConfigRecord(), _Grid(k)))
     wants_gradient = bool(instructions[0].content["config"].get("send-gradient", False))
+    pool = [{n: (0.01 * rng.standard_normal(a.shape)).astype(np.float32) for n, a in reference.items()}
+            for _ in range(8)]  # distinct enough for the mask; drawing K updates would dominate the run
     replies = []
-    for instruction in instructions:
-        update = {n: (0.01 * rng.standard_normal(a.shape)).astype(np.float32) for n, a in reference.items()}
+    for i, instruction in enumerate(instructions):
+        update = pool[i % len(pool)]
         content = RecordDict({"arrays": encode({n: reference[n] + u for n, u in update.items()}),
                               "metrics": MetricRecord({"num-examples": 600, "train-loss": 0.5})})
         if wants_gradient:

@@ -1,0 +1,150 @@
+"""Benchmark: Flower simulation vs the bare PyTorch loop, aggregation cost, scaling.
+
+    python -m fedgma.bench --data-dir ../shared/data/mnist            # defaults: about 13 minutes here
+    python -m fedgma.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (about 2 minutes)
+
+Measured side by side in one run, on the same data, model and local training:
+
+1. round time of the bare loop (``fedgma.bare_loop``: clients trained one after
+   another in this process, then FedAvg; the compute floor) and of ``flwr run``
+   with FedAvg and with FedGMA (Ray, ``client-resources-num-cpus=1``); median of
+   the rounds after the first, the first round's extra cost, and the launch
+   overhead (wall time of ``flwr run`` not spent in rounds);
+2. one ``aggregate_train`` call for K clients of the 579,009-parameter CNN;
+3. round time against clients per round, bare loop and simulation (a plot).
+
+Writes ``report.json`` and ``round_time_scaling.png`` to ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.common.logger import FLOWER_LOGGER
+
+from ..bare_loop import run_bare_loop
+from ..outputs import versions
+from ..settings import Settings
+from .aggregation import STRATEGIES, time_aggregation
+from .engine import LocalFlower
+from .report import plot_scaling, print_tables
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform()}
+
+
+def round_summary(seconds: list[float]) -> dict[str, float]:
+    """Median of the rounds after the first, and how much longer the first took."""
+    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    return {"median_round_s": steady, "first_round_extra_s": seconds[0] - steady, "rounds_s": seconds}
+
+
+def bare(config: dict[str, Any], clients: int) -> dict[str, Any]:
+    rows = run_bare_loop(Settings.from_run_config(config), clients)
+    return round_summary([row["seconds"] for row in rows])
+
+
+def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path) -> dict[str, Any]:
+    config = config | {"output-dir": str(out), "min-available-nodes": clients}
+    run = flower.run(REPO, config, clients)
+    status = flower.runs()[0]["status"]
+    if status != "finished:completed":
+        raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
+    rows = json.loads((out / "metrics.json").read_text())["rounds"]
+    summary = round_summary([row["seconds"] for row in rows if row["round"] > 0])
+    half = run.wall_seconds / 2
+    return summary | {
+        "launch_overhead_s": run.wall_seconds - sum(summary["rounds_s"]), "wall_s": run.wall_seconds,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "peak_rss_first_half_bytes": max((b for t, b in run.rss_samples if t <= half), default=0),
+        "peak_rss_second_half_bytes": max((b for t, b in run.rss_samples if t > half), default=0),
+        "final_ood_accuracy": rows[-1]["ood-accuracy"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files ('' = torchvision)")
+    parser.add_argument("--out", default="bench-results", help="folder for report.json and the plot")
+    parser.add_argument("--clients", type=int, default=100, help="clients per round in the main comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measured run (the first is set apart)")
+    parser.add_argument("--local-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=0, help="0 = full batch (the seed's setup)")
+    parser.add_argument("--client-examples", type=int, default=0,
+                        help="cap on examples per client (0 = all: about 600 with 100 clients, the seed's setup)")
+    parser.add_argument("--test-examples", type=int, default=1000, help="test examples per test set")
+    parser.add_argument("--aggregation-k", default="10,100,1000",
+                        help="clients per aggregate_train call ('' skips this part)")
+    parser.add_argument("--scaling-k", default="10,100,1000",
+                        help="clients per round for the scaling curve ('' skips this part)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run: 10 clients, 2 rounds, small K")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
+        args.aggregation_k, args.scaling_k = "5,10", "4,8"
+    FLOWER_LOGGER.setLevel(logging.WARNING)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"data-dir": str(Path(args.data_dir).resolve()) if args.data_dir else "", "seed": 0,
+            "num-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
+            "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
+            "fraction-train": 1.0}
+    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.bench", *sys.argv[1:]]),
+                              "machine": machine(), "versions": versions(), "config": base,
+                              "clients": args.clients, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def progress(text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    with LocalFlower() as flower:
+        progress(f"round time, {args.clients} clients, {args.rounds} rounds: bare loop")
+        report["round_time"] = {"bare loop (fedavg)": bare(base | {"strategy": "fedavg"}, args.clients)}
+        for strategy in ("fedavg", "fedgma"):
+            progress(f"round time: flwr run simulation, {strategy}")
+            report["round_time"][f"simulation ({strategy})"] = simulation(
+                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}")
+        floor = report["round_time"]["bare loop (fedavg)"]["median_round_s"]
+        for entry in report["round_time"].values():
+            entry["ratio_to_bare"] = entry["median_round_s"] / floor
+
+        report["aggregation"] = []
+        for k in (int(k) for k in args.aggregation_k.split(",") if k):
+            progress(f"aggregation, K = {k}")
+            times = {name: min(time_aggregation(name, k, seed) for seed in (0, 1)) for name in STRATEGIES}
+            for name, seconds in times.items():
+                report["aggregation"].append({"k": k, "strategy": name, "seconds": seconds,
+                                              "ratio_to_fedavg": seconds / times["fedavg (Flower)"],
+                                              "ratio_to_fedadam": seconds / times["fedadam (Flower)"]})
+
+        report["scaling"] = []
+        light = base | {"strategy": "fedavg", "num-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
+        for k in (int(k) for k in args.scaling_k.split(",") if k):
+            progress(f"scaling, {k} clients per round")
+            report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
+                                      "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if report["scaling"]:
+        plot_scaling(report["scaling"], out / "round_time_scaling.png", report["machine"])
+    print_tables(report)
+    progress(f"report: {out / 'report.json'}, plot: {out / 'round_time_scaling.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Run ``flwr run`` in an isolated local Flower setup and measure it.
+
+:class:`LocalFlower` gives one process tree of its own: a temporary FLWR_HOME and
+Ray temp dir, free 127.0.0.1 ports for the local SuperLink, runtime dependency
+installation off, and this environment's ``bin`` first on PATH (``flwr`` starts
+``flower-superlink`` from PATH). Closing it stops, by PID, every process it
+started, including the detached SuperLink and Ray. The benchmark and the tests
+both use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .processes import descendants, free_port, pids_mentioning, rss_bytes, stop_tree_and_mentions
+
+FLWR = str(Path(sys.executable).with_name("flwr"))
+
+
+def run_config_arg(config: dict[str, Any]) -> str:
+    """A run-config dict as ``flwr run --run-config`` text (strings single-quoted)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return f"'{v}'" if isinstance(v, str) else repr(v)
+    return " ".join(f"{key}={value(v)}" for key, v in config.items())
+
+
+@dataclass
+class FlowerRun:
+    """What one ``flwr run`` did: its output, wall time and the memory of its process tree."""
+
+    stdout: str
+    stderr: str
+    wall_seconds: float
+    peak_rss_bytes: int
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class LocalFlower:
+    """An isolated local Flower: ``with LocalFlower() as flower: flower.run(...)``."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.owns_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="fedgma-flwr-")) if root is None else Path(root)
+        (self.root / "ray").mkdir(parents=True, exist_ok=True)
+        self.env = os.environ | {
+            "FLWR_HOME": str(self.root / "home"), "RAY_TMPDIR": str(self.root / "ray"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+            "PATH": f"{Path(FLWR).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def __enter__(self) -> LocalFlower:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process this setup started (SuperLink, Ray, apps), by PID."""
+        stop_tree_and_mentions(str(self.root))
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def run(self, app_dir: Path, run_config: dict[str, Any] | str, supernodes: int, cpus_per_client: int = 1,
+            timeout: float = 1800, sample_every: float = 0.25) -> FlowerRun:
+        """``flwr run app_dir --stream`` on a simulated federation of ``supernodes`` clients."""
+        config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
+        command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config",
+                   f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"]
+        samples: list[tuple[float, int]] = []
+        done = threading.Event()
+        start = time.perf_counter()
+
+        def sample() -> None:
+            while not done.wait(sample_every):
+                pids = pids_mentioning(str(self.root))
+                for pid in list(pids):
+                    pids |= descendants(pid)
+                samples.append((time.perf_counter() - start, rss_bytes(pids)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            finished = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
+                                      timeout=timeout)
+        finally:
+            done.set()
+            sampler.join()
+        return FlowerRun(finished.stdout, finished.stderr, time.perf_counter() - start,
+                         max((b for _, b in samples), default=0), samples)
+
+    def runs(self) -> list[dict]:
+        """``flwr list`` of this setup's SuperLink, newest run first."""
+        listing = subprocess.run([FLWR, "list", "--format", "json"], cwd=self.root, env=self.env,
+                                 capture_output=True, text=True, timeout=120)
+        return sorted(json.loads(listing.stdout)["runs"], key=lambda run: run["pending-at"], reverse=True)

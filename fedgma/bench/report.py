@@ -1,0 +1,50 @@
+"""The benchmark report as printed tables and a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB; command: {report['command']}")
+    print(f"\nRound time, {report['clients']} clients per round, config {report['config']}")
+    print(f"{'run':<24}{'median round s':>15}{'ratio to bare':>15}{'first round +s':>16}{'launch s':>10}{'peak RSS GB':>13}")
+    for name, r in report["round_time"].items():
+        print(f"{name:<24}{r['median_round_s']:>15.2f}{r['ratio_to_bare']:>15.3f}{r['first_round_extra_s']:>16.2f}"
+              f"{r.get('launch_overhead_s', 0):>10.1f}{r.get('peak_rss_bytes', 0) / 1e9:>13.2f}")
+    print("\nOne aggregate_train call, 579,009-parameter CNN")
+    print(f"{'K':>6}  {'strategy':<26}{'seconds':>10}{'x FedAvg':>10}{'x FedAdam':>11}")
+    for a in report["aggregation"]:
+        print(f"{a['k']:>6}  {a['strategy']:<26}{a['seconds']:>10.4f}{a['ratio_to_fedavg']:>10.2f}"
+              f"{a['ratio_to_fedadam']:>11.2f}")
+    print("\nRound time against clients per round (FedAvg, 1 local full-batch epoch of at most 32 examples)")
+    print(f"{'clients':>8}{'bare s':>10}{'simulation s':>14}{'ratio':>8}{'sim peak RSS GB':>17}")
+    for s in report["scaling"]:
+        sim = s["simulation"]
+        print(f"{s['clients']:>8}{s['bare loop']:>10.2f}{sim['median_round_s']:>14.2f}"
+              f"{sim['median_round_s'] / s['bare loop']:>8.2f}{sim['peak_rss_bytes'] / 1e9:>17.2f}")
+
+
+def plot_scaling(scaling: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    clients = [s["clients"] for s in scaling]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(clients, [s["bare loop"] for s in scaling], marker="o", label="bare PyTorch loop (compute floor)")
+    ax.plot(clients, [s["simulation"]["median_round_s"] for s in scaling], marker="s",
+            label="flwr run simulation (FedAvg)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("clients per round")
+    ax.set_ylabel("seconds per round (median)")
+    ax.set_title(f"Round time vs clients, {machine['cores']} cores", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,39 @@
+"""The benchmark command on a tiny setting writes a well-formed report."""
+
+import json
+
+import pytest
+
+from fedgma.bench.__main__ import main, round_summary
+from fedgma.bench.aggregation import STRATEGIES
+from fedgma.bench.engine import run_config_arg
+
+
+def test_round_summary_sets_the_first_round_apart():
+    summary = round_summary([10.0, 2.0, 4.0, 3.0])
+    assert summary["median_round_s"] == 3.0 and summary["first_round_extra_s"] == 7.0
+
+
+def test_run_config_arg_quotes_strings_only():
+    assert run_config_arg({"a": "x y", "b": True, "c": 0.5, "d": 3}) == "a='x y' b=true c=0.5 d=3"
+
+
+@pytest.mark.simulation
+def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
+    main(["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--clients", "2", "--rounds", "2",
+          "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--scaling-k", "2,3"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["machine"]["cores"] >= 1 and report["versions"]["flwr"]
+    assert set(report["round_time"]) == {"bare loop (fedavg)", "simulation (fedavg)", "simulation (fedgma)"}
+    for name, entry in report["round_time"].items():
+        assert entry["median_round_s"] > 0 and len(entry["rounds_s"]) == 2
+        assert entry["ratio_to_bare"] == pytest.approx(
+            entry["median_round_s"] / report["round_time"]["bare loop (fedavg)"]["median_round_s"])
+        if name.startswith("simulation"):
+            assert entry["peak_rss_bytes"] > 0 and entry["launch_overhead_s"] > 0
+    assert [(a["k"], a["strategy"]) for a in report["aggregation"]] == [
+        (k, s) for k in (2, 3) for s in STRATEGIES]
+    assert all(a["seconds"] > 0 for a in report["aggregation"])
+    assert [s["clients"] for s in report["scaling"]] == [2, 3]
+    assert (tmp_path / "round_time_scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert "One aggregate_train call" in capsys.readouterr().out
