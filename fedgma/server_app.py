@@ -71,7 +71,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder)
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=settings.num_rounds, evaluate_fn=evaluate_fn)
+                                num_rounds=settings.num_rounds, timeout=settings.round_timeout,
+                                evaluate_fn=evaluate_fn)
     except BaseException as problem:
         recorder.set_status(f"failed: {type(problem).__name__}: {problem}")
         raise

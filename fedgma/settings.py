@@ -71,6 +71,8 @@ class Settings:
     fraction_evaluate: float = _opt(0.0, "Fraction of clients that report local accuracy each round "
                                          "(0 = only the server's centralised evaluation).",
                                     low=0.0, high=1.0)
+    round_timeout: float = _opt(3600.0, "Seconds the server waits for a round's replies; clients that have "
+                                        "not replied by then count as failed.", low=0.0, low_open=True)
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
                                        "(Flower's min_available_nodes).", low=1)
     # --- strategy -----------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from fedgma.data import DataError, client_data
 from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import binary_labels, color_binary, color_multiclass
-from fedgma.data.mnist import load_mnist
+from fedgma.data.mnist import load_split
 from fedgma.data.partition import partition_indices
 from fedgma.settings import Settings
 
@@ -19,13 +19,14 @@ def settings(mnist_dir, **overrides):
 
 
 def test_real_mnist_loads(mnist_dir):
-    mnist = load_mnist(str(mnist_dir))
-    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (10000, 28, 28)
-    assert mnist.train_images.dtype == np.uint8 and set(np.unique(mnist.train_labels)) == set(range(10))
+    train_images, train_digits = load_split(str(mnist_dir), "train")
+    test_images, _ = load_split(str(mnist_dir), "test")
+    assert train_images.shape == (60000, 28, 28) and test_images.shape == (10000, 28, 28)
+    assert train_images.dtype == np.uint8 and set(np.unique(train_digits)) == set(range(10))
 
 
 def test_pathological_gives_exactly_two_digits_and_about_600_images(mnist_dir):
-    labels = load_mnist(str(mnist_dir)).train_labels
+    labels = load_split(str(mnist_dir), "train")[1]
     seen = set()
     sizes = []
     for pid in range(100):
@@ -39,7 +40,7 @@ def test_pathological_gives_exactly_two_digits_and_about_600_images(mnist_dir):
 
 
 def test_iid_and_dirichlet_partitions_cover_the_data(mnist_dir):
-    labels = load_mnist(str(mnist_dir)).train_labels
+    labels = load_split(str(mnist_dir), "train")[1]
     iid = [partition_indices(labels, "iid", 10, pid, 0) for pid in range(10)]
     assert sum(map(len, iid)) == 60000 and len(np.unique(np.concatenate(iid))) == 60000
     dirichlet = [partition_indices(labels, "dirichlet", 10, pid, 0, alpha=0.1) for pid in range(10)]
@@ -48,7 +49,7 @@ def test_iid_and_dirichlet_partitions_cover_the_data(mnist_dir):
 
 def test_partition_id_out_of_range(mnist_dir):
     with pytest.raises(ValueError, match="partition-id 5"):
-        partition_indices(load_mnist(str(mnist_dir)).train_labels, "iid", 5, 5, 0)
+        partition_indices(load_split(str(mnist_dir), "train")[1], "iid", 5, 5, 0)
 
 
 def test_binary_colouring_statistics_match_flip_probability():
@@ -89,8 +90,8 @@ def test_data_is_deterministic_for_a_seed(mnist_dir):
 
 
 def test_multiclass_colours_are_class_specific_in_training_only(mnist_dir):
-    mnist = load_mnist(str(mnist_dir))
-    images, digits = mnist.test_images[:3000], mnist.test_labels[:3000]
+    test_images, test_digits = load_split(str(mnist_dir), "test")
+    images, digits = test_images[:3000], test_digits[:3000]
     train, _ = color_multiclass(images, digits, np.random.default_rng(0), training_colours=True)
     test, labels = color_multiclass(images, digits, np.random.default_rng(0), training_colours=False)
     corner = lambda x: [tuple(px) for px in x[:, :, 0, 0]]  # background colour (corner pixel is blank)
@@ -110,15 +111,22 @@ def test_multiclass_task_builds(mnist_dir):
 
 def test_missing_and_corrupt_files_are_named(tmp_path, mnist_dir):
     with pytest.raises(DataError, match="is not a folder"):
-        load_mnist(str(tmp_path / "nowhere"))
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
-        shutil.copy(mnist_dir / name, tmp_path / name)
+        load_split(str(tmp_path / "nowhere"), "test")
+    shutil.copy(mnist_dir / "t10k-images-idx3-ubyte.gz", tmp_path)
     with pytest.raises(DataError, match="missing: .*t10k-labels-idx1-ubyte.gz"):
-        load_mnist(str(tmp_path))
+        load_split(str(tmp_path), "test")
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip"):
-        load_mnist(str(tmp_path))
+        load_split(str(tmp_path), "test")
     with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as handle:
         handle.write((2049).to_bytes(4, "big") + (10000).to_bytes(4, "big") + bytes(100))  # truncated
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
-        load_mnist(str(tmp_path))
+        load_split(str(tmp_path), "test")
+
+
+def test_a_split_needs_only_its_own_files(tmp_path, mnist_dir):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, tmp_path)
+    assert load_split(str(tmp_path), "test")[0].shape == (10000, 28, 28)  # the server's view: no training files
+    with pytest.raises(DataError, match="missing: .*train-images-idx3-ubyte.gz"):
+        load_split(str(tmp_path), "train")

@@ -137,6 +137,14 @@ def test_rejected_replies_do_not_change_the_result_of_the_others(make):
     assert (metrics["replies-accepted"], metrics["replies-rejected"], metrics["replies-failed"]) == (3, 3, 1)
 
 
+def test_clients_that_never_reply_count_as_failed():
+    reference, clients = global_and_clients()
+    strategy = ReplyGuard(fedavg())
+    instructions = send(strategy, reference, node_ids=(1, 2, 3))
+    _, metrics = strategy.aggregate_train(1, [reply(instructions[0], clients[0], 10)])  # 2 timed out
+    assert (metrics["replies-accepted"], metrics["replies-failed"]) == (1, 2)
+
+
 def test_no_valid_reply_keeps_the_previous_model():
     reference, clients = global_and_clients()
     strategy = GMA(fedavg())

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..settings import Settings
 from .coloring import color_binary, color_multiclass
-from .mnist import DataError, load_mnist
+from .mnist import DataError, load_split
 from .partition import partition_indices
 
 __all__ = ["ColoredData", "DataError", "client_data", "test_sets", "num_classes"]
@@ -42,13 +42,13 @@ def num_classes(task: str) -> int:
 @lru_cache(maxsize=None)
 def client_data(settings: Settings, partition_id: int, num_partitions: int) -> ColoredData:
     """Client ``partition_id``'s coloured training data."""
-    mnist = load_mnist(settings.data_dir)
-    index = partition_indices(mnist.train_labels, settings.partitioner, num_partitions, partition_id,
+    train_images, train_digits = load_split(settings.data_dir, "train")
+    index = partition_indices(train_digits, settings.partitioner, num_partitions, partition_id,
                               settings.seed, settings.classes_per_client, settings.dirichlet_alpha)
     if settings.max_client_examples:
         index = index[:settings.max_client_examples]
     rng = np.random.default_rng([settings.seed, partition_id])
-    images, digits = mnist.train_images[index], mnist.train_labels[index]
+    images, digits = train_images[index], train_digits[index]
     if settings.task == "binary":
         flip = float(rng.uniform(settings.flip_low, settings.flip_high))
         return ColoredData(*color_binary(images, digits, flip, rng), flip=flip)
@@ -58,9 +58,9 @@ def client_data(settings: Settings, partition_id: int, num_partitions: int) -> C
 @lru_cache(maxsize=2)
 def test_sets(settings: Settings) -> dict[str, ColoredData]:
     """The server's test sets: ``ood`` (shifted colours) and ``id`` (training-like colours)."""
-    mnist = load_mnist(settings.data_dir)
-    limit = settings.max_test_examples or len(mnist.test_labels)
-    images, digits = mnist.test_images[:limit], mnist.test_labels[:limit]
+    test_images, test_digits = load_split(settings.data_dir, "test")
+    limit = settings.max_test_examples or len(test_digits)
+    images, digits = test_images[:limit], test_digits[:limit]
     ood_rng = np.random.default_rng([settings.seed, _OOD_STREAM])
     id_rng = np.random.default_rng([settings.seed, _ID_STREAM])
     if settings.task == "binary":

@@ -1,26 +1,26 @@
 """MNIST as NumPy arrays: from a folder of IDX .gz files (offline) or torchvision.
 
-The four canonical files (``train-images-idx3-ubyte.gz`` and friends) are parsed
+The canonical IDX files (``train-images-idx3-ubyte.gz`` and friends) are parsed
 directly so that a missing, truncated or corrupt file gives an error naming the
 file, instead of a download attempt. With no folder given, torchvision downloads
 MNIST (or finds an earlier download) under ``~/.cache/fedgma``.
+
+Splits load separately, so a deployed SuperNode needs only the two training
+files and the ServerApp only the two test (``t10k``) files.
 """
 
 from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-FILES = {
-    "train_images": ("train-images-idx3-ubyte.gz", 2051, 60000),
-    "train_labels": ("train-labels-idx1-ubyte.gz", 2049, 60000),
-    "test_images": ("t10k-images-idx3-ubyte.gz", 2051, 10000),
-    "test_labels": ("t10k-labels-idx1-ubyte.gz", 2049, 10000),
+FILES = {  # split -> (images file, labels file, number of examples)
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
 }
 DEFAULT_ROOT = Path.home() / ".cache" / "fedgma"
 
@@ -29,26 +29,20 @@ class DataError(ValueError):
     """MNIST files are missing or unreadable; the message names the file."""
 
 
-@dataclass(frozen=True)
-class Mnist:
-    """Grey-scale digits, uint8 (N, 28, 28), and their digit labels, int64 (N,)."""
+@lru_cache(maxsize=4)
+def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST ``split`` ('train' or 'test') as (uint8 images (N, 28, 28), int64 digits (N,)).
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-
-@lru_cache(maxsize=2)
-def load_mnist(data_dir: str = "") -> Mnist:
-    """MNIST from ``data_dir`` (four IDX .gz files) or, if empty, via torchvision."""
+    From ``data_dir`` (the split's two IDX .gz files) or, if empty, via torchvision.
+    """
+    images_file, labels_file, count = FILES[split]
     if not data_dir:
-        return _download_with_torchvision(DEFAULT_ROOT)
+        return _download_with_torchvision(DEFAULT_ROOT, split)
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
-        raise DataError(f"data-dir '{folder}' is not a folder (it must hold the four MNIST IDX .gz files: "
-                        f"{', '.join(name for name, _, _ in FILES.values())})")
-    return Mnist(**{key: _read_idx(folder / name, magic, count) for key, (name, magic, count) in FILES.items()})
+        raise DataError(f"data-dir '{folder}' is not a folder (it must hold the MNIST IDX .gz files "
+                        f"{images_file} and {labels_file})")
+    return _read_idx(folder / images_file, 2051, count), _read_idx(folder / labels_file, 2049, count)
 
 
 def _read_idx(path: Path, magic: int, count: int) -> np.ndarray:
@@ -71,13 +65,13 @@ def _read_idx(path: Path, magic: int, count: int) -> np.ndarray:
     return array.astype(np.int64) if magic == 2049 else array
 
 
-def _download_with_torchvision(root: Path) -> Mnist:
+def _download_with_torchvision(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import MNIST  # imported here: only this path needs torchvision
 
     try:
-        train, test = (MNIST(str(root), train=flag, download=True) for flag in (True, False))
+        dataset = MNIST(str(root), train=split == "train", download=True)
     except Exception as problem:  # noqa: BLE001 - any download failure gets the same advice
         raise DataError(f"Could not download MNIST with torchvision into {root} ({problem}). Offline, set "
                         f"the run-config key data-dir to a folder holding the four MNIST IDX .gz files, or "
                         f"copy them to {root / 'MNIST' / 'raw'}.") from problem
-    return Mnist(train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy())
+    return dataset.data.numpy(), dataset.targets.numpy()

@@ -1,5 +1,8 @@
 """ReplyGuard: a wrapper that makes any Flower strategy safe against bad replies.
 
+A client that sent an error, or no reply before the round timeout, counts as
+*failed*; one whose reply is malformed counts as *rejected*.
+
 Same pattern as Flower's differential-privacy wrappers: it forwards every call to
 the wrapped strategy, and in ``aggregate_train`` it first screens the replies
 (:mod:`fedgma.strategies.replies`), hands only the accepted ones on, and adds the
@@ -42,6 +45,7 @@ class ReplyGuard(Strategy):
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self.current_arrays: dict[str, np.ndarray] = {}
+        self.sent = 0  # train instructions sent this round
         self.train_metrics: dict[int, MetricRecord] = {}
         self.evaluate_metrics: dict[int, MetricRecord] = {}
 
@@ -55,11 +59,18 @@ class ReplyGuard(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = decode(arrays)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        instructions = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.sent = len(instructions)
+        return instructions
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         screened = screen_train_replies(replies, self.current_arrays, self.expected_records)
+        if len(replies) < self.sent:  # no reply before the round timeout
+            log(WARNING, "Round %d: %d of %d clients did not reply in time.", server_round,
+                self.sent - len(replies), self.sent)
+            screened.failed += self.sent - len(replies)
         arrays, metrics = None, None
         if screened.accepted:
             arrays, metrics = self.aggregate_accepted(server_round, screened.accepted)

@@ -1,0 +1,111 @@
+"""Deploy the app on real Flower processes: ``python -m fedgma.deploy <command>``.
+
+One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
+
+    python -m fedgma.deploy up --nodes 2 --data-dir /path/to/mnist
+    FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream --run-config "data-dir='/path/to/mnist'"
+    python -m fedgma.deploy down
+
+Several machines: ``certs`` on the SuperLink machine (name its host with --host),
+``node-key`` on each SuperNode machine, then register each public key with
+``register`` (or ``flwr supernode register``); README "Deployment" has the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .keys import make_certificates, make_node_key
+from .local import CONNECTION, Deployment
+
+DEFAULT_WORKDIR = Path("deploy/run")
+
+
+def up(args: argparse.Namespace) -> None:
+    deployment = Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host)
+    if deployment.pids:
+        raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
+                         f"`python -m fedgma.deploy down --workdir {args.workdir}` first")
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
+    try:
+        deployment.start_superlink()
+        for i in range(args.nodes):
+            if not args.insecure:
+                deployment.register(f"node-{i}")
+            deployment.start_supernode(f"node-{i}", i, args.nodes, data_dir)
+        deployment.wait_for_nodes(args.nodes)
+    except BaseException:
+        deployment.stop()
+        raise
+    mode = "insecure (no TLS, no node authentication)" if args.insecure else "TLS + SuperNode authentication"
+    print(f"SuperLink {deployment.address}, {mode}: pid {deployment.pids['superlink']}, "
+          f"log {deployment.logs / 'superlink.log'}")
+    for i in range(args.nodes):
+        print(f"SuperNode node-{i} (partition {i} of {args.nodes}): pid {deployment.pids[f'node-{i}']}, "
+              f"log {deployment.logs / f'node-{i}.log'}")
+    print(f"\nRun the app (ServerApp output streams here; ClientApp output is in the SuperNode logs):\n"
+          f"  FLWR_HOME={deployment.cli_home} flwr run . {CONNECTION} --stream "
+          f"--run-config \"data-dir='{data_dir}' min-available-nodes={args.nodes}\"\n"
+          f"Stop everything:\n  python -m fedgma.deploy down --workdir {args.workdir}")
+
+
+def down(args: argparse.Namespace) -> None:
+    deployment = Deployment(args.workdir)
+    stopped = dict(deployment.pids)
+    deployment.stop()
+    print(f"Stopped {stopped or 'nothing'}; logs stay in {deployment.logs}")
+
+
+def status(args: argparse.Namespace) -> None:
+    deployment = Deployment(args.workdir)
+    for name, pid in deployment.pids.items():
+        print(f"{name:<12} pid {pid:<8} {'running' if deployment.alive(name) else 'stopped'}  "
+              f"log {deployment.logs / f'{name}.log'}")
+
+
+def register(args: argparse.Namespace) -> None:
+    deployment = Deployment(args.workdir)
+    deployment.register(args.name)
+    private, _ = deployment.node_key(args.name)
+    print(f"Registered {args.name}. On its machine, with {private} copied there:\n"
+          f"  flower-supernode --superlink <superlink-host>:{deployment.port} --root-certificates ca.crt "
+          f"--auth-supernode-private-key {args.name} --port 9094 "
+          f"--node-config \"partition-id=I num-partitions=N data-dir='/path/to/mnist'\"")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedgma.deploy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("up", help="start a SuperLink and N SuperNodes on this machine")
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--data-dir", default="", help="MNIST IDX folder the SuperNodes read ('' = torchvision)")
+    p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (local trials only)")
+    p.add_argument("--port", type=int, default=None, help="SuperLink port (default: a free one)")
+    p.add_argument("--host", action="append", default=[], help="extra host name or IP for the certificate")
+    p.set_defaults(run=up)
+    for name, run, text in (("down", down, "stop everything `up` started"),
+                            ("status", status, "list the processes and their logs")):
+        commands.add_parser(name, help=text).set_defaults(run=run)
+    p = commands.add_parser("register", help="make (if needed) and register a SuperNode key")
+    p.add_argument("--name", required=True)
+    p.set_defaults(run=register)
+    p = commands.add_parser("certs", help="make a CA and a SuperLink certificate (multi-machine set-up)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (repeatable)")
+    p.set_defaults(run=lambda a: print(make_certificates(a.out, a.host)))
+    p = commands.add_parser("node-key", help="make a SuperNode key pair (multi-machine set-up)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(run=lambda a: print(make_node_key(a.out, a.name)))
+    for sub in commands.choices.values():
+        if "--workdir" not in sub._option_string_actions and sub.prog.split()[-1] not in ("certs", "node-key"):
+            sub.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="work folder (default: deploy/run)")
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

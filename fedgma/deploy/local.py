@@ -1,0 +1,176 @@
+"""A real Flower deployment on this machine: one SuperLink and N SuperNodes on 127.0.0.1.
+
+TLS and SuperNode authentication by default. :class:`Deployment` writes
+everything under one work folder:
+
+    certs/        ca.crt (give to SuperNodes and the CLI), server.pem, server.key (SuperLink only)
+    keys/         node-<i> (private, stays on that node) and node-<i>.pub (registered with the SuperLink)
+    logs/         superlink.log, node-<i>.log
+    flwr-home/    FLWR_HOME of the CLI, with the connection "fedgma-deploy" in config.toml
+    state/        each process's own FLWR_HOME (installed app bundles) and the SuperLink's database
+    pids.json     the PIDs this folder started, for ``down``
+
+Processes are started in their own sessions and keep running after ``up``
+returns; ``down`` (or :meth:`Deployment.stop`) stops them, and their children,
+by PID. ``python -m fedgma.deploy --help`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..bench.engine import run_config_arg
+from ..bench.processes import descendants, free_port, stop
+from .keys import make_certificates, make_node_key
+
+BIN = Path(sys.executable).parent
+CONNECTION = "fedgma-deploy"
+
+
+class Deployment:
+    """SuperLink + SuperNodes under ``workdir``; see the module docstring for the layout."""
+
+    def __init__(self, workdir: Path, insecure: bool = False, port: int | None = None,
+                 hosts: list[str] | None = None) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.insecure = insecure
+        self.hosts = hosts or []
+        self.certs, self.keys, self.logs = self.workdir / "certs", self.workdir / "keys", self.workdir / "logs"
+        self.cli_home, self.state = self.workdir / "flwr-home", self.workdir / "state"
+        self.pid_file = self.workdir / "pids.json"
+        for folder in (self.logs, self.cli_home, self.state):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.pids: dict[str, int] = json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {}
+        self.port = port or int(self._read_meta().get("port", 0)) or free_port()
+
+    # --- processes --------------------------------------------------------------
+    def env(self, home: Path) -> dict[str, str]:
+        """Environment of a Flower process with its own FLWR_HOME (no runtime dependency installs)."""
+        return os.environ | {"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def _spawn(self, name: str, command: list[str]) -> int:
+        home = self.state / name
+        home.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(command, cwd=home, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pids[name] = process.pid
+        self._save()
+        return process.pid
+
+    def _save(self) -> None:
+        self.pid_file.write_text(json.dumps(self.pids, indent=2))
+        (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure}))
+
+    def _read_meta(self) -> dict[str, Any]:
+        meta = self.workdir / "meta.json"
+        return json.loads(meta.read_text()) if meta.exists() else {}
+
+    def alive(self, name: str) -> bool:
+        pid = self.pids.get(name)
+        if pid is None:
+            return False
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def kill(self, name: str) -> None:
+        """Stop one process and its children now (e.g. a SuperNode, to simulate a crash)."""
+        pid = self.pids.pop(name)
+        stop({pid} | descendants(pid), grace=0.5)
+        self._save()
+
+    def stop(self) -> None:
+        """Stop every process this work folder started, and their children, by PID."""
+        pids = set(self.pids.values())
+        for pid in list(pids):
+            pids |= descendants(pid)
+        stop(pids)
+        self.pids.clear()
+        self._save()
+
+    # --- the parts ------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_superlink(self, wait: float = 60) -> None:
+        command = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--database", str(self.state / "superlink.db")]
+        if self.insecure:
+            command.append("--insecure")
+        else:
+            if not (self.certs / "server.pem").exists():
+                make_certificates(self.certs, self.hosts)
+            command += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile",
+                        str(self.certs / "server.pem"), "--ssl-keyfile", str(self.certs / "server.key"),
+                        "--enable-supernode-auth"]
+        self._spawn("superlink", command)
+        self.write_connection()
+        deadline = time.time() + wait
+        while self.cli(["supernode", "list", CONNECTION, "--format", "json"], check=False).returncode != 0:
+            if not self.alive("superlink") or time.time() > deadline:
+                raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
+            time.sleep(1)
+
+    def write_connection(self) -> None:
+        """The CLI's connection to this SuperLink, in ``flwr-home/config.toml``."""
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+                 f'address = "{self.address}"']
+        lines.append("insecure = true" if self.insecure else f'root-certificates = "{self.certs / "ca.crt"}"')
+        (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def node_key(self, name: str) -> tuple[Path, Path]:
+        private = self.keys / name
+        return (private, private.with_name(f"{name}.pub")) if private.exists() else make_node_key(self.keys, name)
+
+    def register(self, name: str) -> None:
+        """Register SuperNode ``name``'s public key with the SuperLink (``flwr supernode register``)."""
+        self.cli(["supernode", "register", str(self.node_key(name)[1]), CONNECTION, "--name", name])
+
+    def start_supernode(self, name: str, partition_id: int, num_partitions: int, data_dir: str) -> int:
+        node_config = f"partition-id={partition_id} num-partitions={num_partitions} data-dir='{data_dir}'"
+        command = [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+                   "--port", str(free_port()), "--node-config", node_config]
+        if self.insecure:
+            command.append("--insecure")
+        else:
+            command += ["--root-certificates", str(self.certs / "ca.crt"),
+                        "--auth-supernode-private-key", str(self.node_key(name)[0])]
+        return self._spawn(name, command)
+
+    def online_nodes(self) -> list[dict]:
+        listing = json.loads(self.cli(["supernode", "list", CONNECTION, "--format", "json"]).stdout)
+        return [node for node in listing.get("nodes", []) if node.get("status") == "online"]
+
+    def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while len(self.online_nodes()) < count:
+            if time.time() > deadline:
+                raise RuntimeError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
+            time.sleep(1)
+
+    # --- the CLI --------------------------------------------------------------------
+    def cli(self, args: list[str], check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(BIN / "flwr"), *args], cwd=self.workdir, env=self.env(self.cli_home),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def run_app(self, app_dir: Path, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
+        """``flwr run app_dir fedgma-deploy --stream`` against this deployment."""
+        return self.cli(["run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(run_config)],
+                        check=False, timeout=timeout)
+
+    def runs(self) -> list[dict]:
+        listing = json.loads(self.cli(["list", CONNECTION, "--format", "json"]).stdout)
+        return sorted(listing["runs"], key=lambda run: run["pending-at"], reverse=True)

@@ -1,0 +1,78 @@
+"""End to end on real Flower processes: a SuperLink with TLS and SuperNode
+authentication and real SuperNodes on 127.0.0.1 (free ports), running FedGMA.
+
+Run alone with ``pytest -m deployment``. Every process is stopped by PID in the
+fixtures' teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO
+from fedgma.bench.engine import run_config_arg
+from fedgma.deploy.local import BIN, CONNECTION, Deployment
+
+pytestmark = pytest.mark.deployment
+
+
+def tiny_run(mnist_dir, out, **extra):
+    return {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 200, "max-test-examples": 300,
+            "output-dir": str(out), "strategy": "fedgma", **extra}
+
+
+@pytest.fixture
+def deployment(tmp_path, mnist_dir):
+    deployed = Deployment(tmp_path / "deploy")
+    try:
+        deployed.start_superlink()
+        for i in range(2):
+            deployed.register(f"node-{i}")
+            deployed.start_supernode(f"node-{i}", i, 2, str(mnist_dir))
+        deployed.wait_for_nodes(2)
+        yield deployed
+    finally:
+        deployed.stop()
+
+
+def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes(deployment, mnist_dir, tmp_path):
+    deployment.node_key("intruder")  # a key pair that is never registered
+    deployment.start_supernode("intruder", 0, 2, str(mnist_dir))
+    out = tmp_path / "out"
+    done = deployment.run_app(REPO, tiny_run(mnist_dir, out))
+    assert deployment.runs()[0]["status"] == "finished:completed", done.stdout[-4000:] + done.stderr[-4000:]
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["status"] == "completed" and [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    for row in report["rounds"][1:]:  # only the two registered nodes trained
+        assert (row["replies-accepted"], row["replies-failed"], row["replies-rejected"]) == (2, 0, 0)
+    assert len(deployment.online_nodes()) == 2
+    intruder_log = (deployment.logs / "intruder.log").read_text()
+    assert deployment.alive("intruder") is False or "Received" not in intruder_log
+    assert any(word in intruder_log.lower() for word in ("unauthenticated", "denied", "not registered",
+                                                         "permission", "401", "403")), intruder_log[-2000:]
+
+
+def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):
+    out = tmp_path / "out"
+    config = tiny_run(mnist_dir, out, **{"max-client-examples": 3000, "batch-size": 32, "min-available-nodes": 1})
+    run = subprocess.Popen([str(BIN / "flwr"), "run", str(REPO), CONNECTION, "--stream", "--run-config",
+                            run_config_arg(config)], cwd=deployment.workdir, env=deployment.env(deployment.cli_home),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while "Received: train message" not in (deployment.logs / "node-1.log").read_text():
+            assert time.time() < deadline, "node-1 never received a train message"
+            time.sleep(0.2)
+        deployment.kill("node-1")  # in the middle of its local training
+        output, _ = run.communicate(timeout=600)
+    finally:
+        run.kill()
+    assert deployment.runs()[0]["status"] == "finished:completed", output[-4000:]
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert (rounds[1]["replies-accepted"], rounds[1]["replies-failed"]) == (1, 1)
+    assert rounds[2]["replies-accepted"] == 1 and rounds[2]["round"] == 2
