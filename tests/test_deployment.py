@@ -52,9 +52,8 @@ def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes
         assert (row["replies-accepted"], row["replies-failed"], row["replies-rejected"]) == (2, 0, 0)
     assert len(deployment.online_nodes()) == 2
     intruder_log = (deployment.logs / "intruder.log").read_text()
-    assert deployment.alive("intruder") is False or "Received" not in intruder_log
-    assert any(word in intruder_log.lower() for word in ("unauthenticated", "denied", "not registered",
-                                                         "permission", "401", "403")), intruder_log[-2000:]
+    assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]  # refused by the SuperLink
+    assert not deployment.alive("intruder") and "Receiving: train message" not in intruder_log
 
 
 def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):
@@ -65,8 +64,8 @@ def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deplo
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 180
-        while "Received: train message" not in (deployment.logs / "node-1.log").read_text():
-            assert time.time() < deadline, "node-1 never received a train message"
+        while "Start `flwr-clientapp` process" not in (deployment.logs / "node-1.log").read_text():
+            assert time.time() < deadline, "node-1 never started training"
             time.sleep(0.2)
         deployment.kill("node-1")  # in the middle of its local training
         output, _ = run.communicate(timeout=600)

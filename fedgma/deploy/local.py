@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,14 @@ from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
 CONNECTION = "fedgma-deploy"
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class Deployment:
@@ -116,10 +125,10 @@ class Deployment:
         self._spawn("superlink", command)
         self.write_connection()
         deadline = time.time() + wait
-        while self.cli(["supernode", "list", CONNECTION, "--format", "json"], check=False).returncode != 0:
+        while not _accepts_connections(self.port):
             if not self.alive("superlink") or time.time() > deadline:
                 raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
-            time.sleep(1)
+            time.sleep(0.5)
 
     def write_connection(self) -> None:
         """The CLI's connection to this SuperLink, in ``flwr-home/config.toml``."""
