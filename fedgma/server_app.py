@@ -8,6 +8,7 @@ the global model on the OOD and in-distribution test sets after every round
 
 from __future__ import annotations
 
+import time
 from logging import INFO
 
 import torch
@@ -44,7 +45,7 @@ class CentralEvaluation:
         for name, data in self.test_sets.items():
             metrics[f"{name}-loss"], metrics[f"{name}-accuracy"] = evaluate(self.model, data,
                                                                             precision=self.settings.precision)
-        row = {"round": server_round, **metrics, "seconds": round(seconds, 3),
+        row = {"round": server_round, **metrics, "seconds": round(seconds, 3), "time": round(time.time(), 3),
                **self.strategy.train_metrics.get(server_round, {}),
                **self.strategy.evaluate_metrics.get(server_round, {})}
         self.recorder.record_round(row)

@@ -11,7 +11,9 @@ Measured side by side in one run, on the same data, model and local training:
    the rounds after the first, the first round's extra cost, and the launch
    overhead (wall time of ``flwr run`` not spent in rounds);
 2. one ``aggregate_train`` call for K clients of the 579,009-parameter CNN;
-3. round time against clients per round, bare loop and simulation (a plot).
+3. round time against clients per round, bare loop and simulation (a plot);
+4. the RSS of the whole process tree at the end of every round of a longer,
+   light simulation, to show whether memory grows with rounds.
 
 Writes ``report.json`` and ``round_time_scaling.png`` to ``--out`` and prints a table.
 """
@@ -68,12 +70,10 @@ def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: P
         raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
     rows = json.loads((out / "metrics.json").read_text())["rounds"]
     summary = round_summary([row["seconds"] for row in rows if row["round"] > 0])
-    half = run.wall_seconds / 2
     return summary | {
         "launch_overhead_s": run.wall_seconds - sum(summary["rounds_s"]), "wall_s": run.wall_seconds,
         "peak_rss_bytes": run.peak_rss_bytes,
-        "peak_rss_first_half_bytes": max((b for t, b in run.rss_samples if t <= half), default=0),
-        "peak_rss_second_half_bytes": max((b for t, b in run.rss_samples if t > half), default=0),
+        "rss_at_round_end_bytes": [run.rss_at(row["time"]) for row in rows if row["round"] > 0],
         "final_ood_accuracy": rows[-1]["ood-accuracy"],
     }
 
@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="clients per aggregate_train call ('' skips this part)")
     parser.add_argument("--scaling-k", default="10,100,1000",
                         help="clients per round for the scaling curve ('' skips this part)")
+    parser.add_argument("--memory-rounds", type=int, default=12,
+                        help="rounds of a light 100-client FedAvg run that tracks RSS per round (0 skips)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 10 clients, 2 rounds, small K")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
-        args.aggregation_k, args.scaling_k = "5,10", "4,8"
+        args.aggregation_k, args.scaling_k, args.memory_rounds = "5,10", "4,8", 3
     FLOWER_LOGGER.setLevel(logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             progress(f"scaling, {k} clients per round")
             report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
                                       "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
+        if args.memory_rounds:
+            progress(f"memory over {args.memory_rounds} rounds, 100 clients")
+            report["memory"] = simulation(flower, light | {"num-rounds": args.memory_rounds}, min(100, args.clients),
+                                          out / "memory")
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if report["scaling"]:

@@ -44,7 +44,11 @@ class FlowerRun:
     stderr: str
     wall_seconds: float
     peak_rss_bytes: int
-    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (unix time, bytes)
+
+    def rss_at(self, when: float) -> int:
+        """The last RSS sample taken at or before unix time ``when`` (0 if none)."""
+        return max(((t, b) for t, b in self.rss_samples if t <= when), default=(0.0, 0))[1]
 
     @property
     def output(self) -> str:
@@ -93,7 +97,7 @@ class LocalFlower:
                 pids = pids_mentioning(str(self.root))
                 for pid in list(pids):
                     pids |= descendants(pid)
-                samples.append((time.perf_counter() - start, rss_bytes(pids)))
+                samples.append((time.time(), rss_bytes(pids)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

@@ -25,6 +25,13 @@ def print_tables(report: dict[str, Any]) -> None:
         sim = s["simulation"]
         print(f"{s['clients']:>8}{s['bare loop']:>10.2f}{sim['median_round_s']:>14.2f}"
               f"{sim['median_round_s'] / s['bare loop']:>8.2f}{sim['peak_rss_bytes'] / 1e9:>17.2f}")
+    print_memory(report)
+
+
+def print_memory(report: dict[str, Any]) -> None:
+    if "memory" in report:
+        rss = [b / 1e9 for b in report["memory"]["rss_at_round_end_bytes"]]
+        print(f"\nProcess-tree RSS at the end of each round (GB): {' '.join(f'{r:.2f}' for r in rss)}")
 
 
 def plot_scaling(scaling: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
