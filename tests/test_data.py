@@ -130,3 +130,19 @@ def test_a_split_needs_only_its_own_files(tmp_path, mnist_dir):
     assert load_split(str(tmp_path), "test")[0].shape == (10000, 28, 28)  # the server's view: no training files
     with pytest.raises(DataError, match="missing: .*train-images-idx3-ubyte.gz"):
         load_split(str(tmp_path), "train")
+
+
+def test_default_path_uses_torchvision_files_already_in_its_cache(tmp_path, mnist_dir, monkeypatch):
+    """The offline recipe of the README: the IDX files in <root>/MNIST/raw need no network."""
+    import fedgma.data.mnist as mnist
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, raw)
+    monkeypatch.setattr(mnist, "DEFAULT_ROOT", tmp_path)
+    load_split.cache_clear()
+    images, digits = load_split("", "test")
+    assert images.shape == (10000, 28, 28)
+    assert np.array_equal(digits, load_split(str(mnist_dir), "test")[1])

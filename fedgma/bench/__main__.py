@@ -62,9 +62,10 @@ def bare(config: dict[str, Any], clients: int) -> dict[str, Any]:
     return round_summary([row["seconds"] for row in rows])
 
 
-def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path) -> dict[str, Any]:
+def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path,
+               cpus_per_client: int = 1) -> dict[str, Any]:
     config = config | {"output-dir": str(out), "min-available-nodes": clients}
-    run = flower.run(REPO, config, clients)
+    run = flower.run(REPO, config, clients, cpus_per_client)
     status = flower.runs()[0]["status"]
     if status != "finished:completed":
         raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="clients per aggregate_train call ('' skips this part)")
     parser.add_argument("--scaling-k", default="10,100,1000",
                         help="clients per round for the scaling curve ('' skips this part)")
+    parser.add_argument("--cpus-per-client", type=int, default=1,
+                        help="client-resources-num-cpus of the round-time simulations (1: two clients at once here)")
     parser.add_argument("--memory-rounds", type=int, default=12,
                         help="rounds of a light 100-client FedAvg run that tracks RSS per round (0 skips)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 10 clients, 2 rounds, small K")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             "fraction-train": 1.0}
     report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.bench", *sys.argv[1:]]),
                               "machine": machine(), "versions": versions(), "config": base,
-                              "clients": args.clients, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                              "clients": args.clients, "cpus_per_client": args.cpus_per_client, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def progress(text: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         for strategy in ("fedavg", "fedgma"):
             progress(f"round time: flwr run simulation, {strategy}")
             report["round_time"][f"simulation ({strategy})"] = simulation(
-                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}")
+                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}", args.cpus_per_client)
         floor = report["round_time"]["bare loop (fedavg)"]["median_round_s"]
         for entry in report["round_time"].values():
             entry["ratio_to_bare"] = entry["median_round_s"] / floor

@@ -11,6 +11,7 @@ files and the ServerApp only the two test (``t10k``) files.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import zlib
 from functools import lru_cache
@@ -66,10 +67,19 @@ def _read_idx(path: Path, magic: int, count: int) -> np.ndarray:
 
 
 def _download_with_torchvision(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's MNIST under ``root``, downloaded once.
+
+    The ServerApp and every simulation worker start at the same moment; an
+    exclusive file lock makes the first one download and extract while the
+    others wait and then find the files.
+    """
     from torchvision.datasets import MNIST  # imported here: only this path needs torchvision
 
+    root.mkdir(parents=True, exist_ok=True)
     try:
-        dataset = MNIST(str(root), train=split == "train", download=True)
+        with (root / ".download.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            dataset = MNIST(str(root), train=split == "train", download=True)
     except Exception as problem:  # noqa: BLE001 - any download failure gets the same advice
         raise DataError(f"Could not download MNIST with torchvision into {root} ({problem}). Offline, set "
                         f"the run-config key data-dir to a folder holding the four MNIST IDX .gz files, or "
