@@ -30,11 +30,17 @@ def fedavg():
     return FedAvg(min_available_nodes=1, min_train_nodes=1)
 
 
-def test_fedgma_with_mask_off_equals_fedavg_exactly():
+@pytest.mark.parametrize("make, with_gradients", [
+    (lambda: FedGMA(fedavg(), p=0.0, server_lr=0.0), True),
+    (lambda: FedGMA(fedavg(), p=0.0, server_lr=0.0, direction="pseudo-gradient"), False),
+    (lambda: GMA(fedavg(), tau=0.0), False),
+    (lambda: GMA(fedavg(), tau=0.0, mask="hard"), False),
+], ids=["fedgma-gradient", "fedgma-pseudo-gradient", "gma-soft", "gma-hard"])
+def test_mask_off_equals_flowers_fedavg_bit_for_bit(make, with_gradients):
     reference, clients = global_and_clients()
-    gradients = [layers(np.random.default_rng(i)) for i in range(3)]
-    masked, metrics = run_round(FedGMA(fedavg(), p=0.0, server_lr=0.0), reference, clients, gradients=gradients)
-    plain, _ = run_round(ReplyGuard(fedavg()), reference, clients)
+    gradients = [layers(np.random.default_rng(i)) for i in range(3)] if with_gradients else None
+    masked, metrics = run_round(make(), reference, clients, gradients=gradients)
+    plain, _ = run_round(fedavg(), reference, clients)  # Flower's own FedAvg, unwrapped
     for name in reference:
         assert np.array_equal(masked[name], plain[name])
     assert metrics["mask-density"] == 1.0
@@ -74,15 +80,6 @@ def test_fedgma_rejects_reply_without_gradient():
     replies = [reply(instructions[0], clients[0], 10, gradient=clients[0]), reply(instructions[1], clients[1], 10)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["replies-accepted"] == 1 and metrics["replies-rejected"] == 1
-
-
-def test_gma_over_fedavg_with_tau_zero_equals_fedavg():
-    reference, clients = global_and_clients()
-    masked, metrics = run_round(GMA(fedavg(), tau=0.0), reference, clients)
-    plain, _ = run_round(ReplyGuard(fedavg()), reference, clients)
-    for name in reference:
-        assert np.array_equal(masked[name], plain[name])
-    assert metrics["mask-density"] == 1.0
 
 
 def test_gma_soft_mask_by_hand():
