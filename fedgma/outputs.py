@@ -98,7 +98,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> No
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("ood-accuracy", "OOD test (e = flipped colours)"), ("id-accuracy", "in-distribution test")):
+    for key, label in (("ood-accuracy", "OOD test (colours mostly swapped)"), ("id-accuracy", "in-distribution test")):
         points = [(row["round"], row[key]) for row in rows if key in row]
         if points:
             ax.plot(*zip(*points), marker="o", label=label)
