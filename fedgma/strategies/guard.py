@@ -74,7 +74,7 @@ class ReplyGuard(Strategy):
         arrays, metrics = None, None
         if screened.accepted:
             arrays, metrics = self.aggregate_accepted(server_round, screened.accepted)
-        if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+        if arrays is not None and not all(np.isfinite(a).all() for a in decode(arrays).values()):
             log(WARNING, "Round %d: the aggregated model is not finite; it is discarded.", server_round)
             arrays = None
         if arrays is None:
