@@ -15,7 +15,6 @@ import argparse
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from flwr.common.config import parse_config_args
 

@@ -12,8 +12,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO
+
 from fedgma.bench.engine import run_config_arg
 from fedgma.deploy.local import BIN, CONNECTION, Deployment
 

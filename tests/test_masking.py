@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from fedgma.strategies.masking import (apply_mask_to_update, build_mask, hard_mask, mask_statistics,
-                                       sign_agreement, soft_mask, weighted_mean)
+from fedgma.strategies.masking import (
+    apply_mask_to_update,
+    build_mask,
+    hard_mask,
+    mask_statistics,
+    sign_agreement,
+    soft_mask,
+    weighted_mean,
+)
 
 
 def arr(*values):

@@ -1,10 +1,9 @@
 """Run-config validation and the documentation that must match it."""
 
-import tomllib
-
 import pytest
-
+import tomllib
 from conftest import REPO
+
 from fedgma.settings import ConfigError, Settings
 
 

@@ -11,8 +11,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from fedgma.bench.engine import LocalFlower
 from fedgma.model import build_model
 

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import error_reply, layers, reply, send
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from conftest import error_reply, layers, reply, send
-from fedgma.records import decode, encode
-from fedgma.settings import ConfigError, STRATEGIES, Settings
+from fedgma.records import decode
+from fedgma.settings import STRATEGIES, ConfigError, Settings
 from fedgma.strategies import GMA, FedGMA, ReplyGuard, build_strategy
-from fedgma.strategies.masking import soft_mask, sign_agreement
+from fedgma.strategies.masking import sign_agreement, soft_mask
 
 
 def global_and_clients(seed=0, k=3):

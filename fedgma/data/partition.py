@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner, Partitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
 PARTITIONERS = ("pathological", "iid", "dirichlet")
 

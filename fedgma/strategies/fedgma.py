@@ -23,9 +23,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from ..records import encode
 from .guard import ReplyGuard
 from .masking import hard_mask, mask_statistics, sign_agreement, weighted_mean
-from ..records import encode
 from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 #: Train-config flag that asks the ClientApp for its last local gradient.

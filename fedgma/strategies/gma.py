@@ -29,9 +29,9 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
+from ..records import encode
 from .guard import ReplyGuard
 from .masking import apply_mask_to_update, build_mask, mask_statistics, sign_agreement, weighted_mean
-from ..records import encode
 from .replies import NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 
