@@ -22,6 +22,9 @@ import torch
 
 from .settings import Settings
 
+#: The latest round checkpoint in a run's output folder (see fedgma.checkpoint).
+CHECKPOINT = "checkpoint.pt"
+
 
 def resolve_output_dir(settings: Settings) -> Path:
     """``output-dir`` as an absolute path; '' becomes ./outputs/<time>-<strategy>."""
@@ -50,12 +53,16 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {
             "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-            "seed": settings.seed, "config": settings.to_run_config(), "versions": versions(), "rounds": self.rows,
+            "seed": settings.seed, "config": settings.to_run_config(), "versions": versions(),
+            "num-clients": 0, "wall-seconds": 0.0, "rounds": self.rows,
         }
+        self._clock = RoundTimer()
         self._write_json()
 
     def record_round(self, row: dict[str, Any]) -> None:
+        """Add one round's row; ``num-clients`` is the most clients seen connected in any round."""
         self.rows.append(row)
+        self.report["num-clients"] = max(self.report["num-clients"], int(row.get("clients-connected", 0)))
         self._write_json()
         self._write_csv()
 
@@ -72,6 +79,7 @@ class RunRecorder:
         self._write_json()
 
     def _write_json(self) -> None:
+        self.report["wall-seconds"] = round(self.report["wall-seconds"] + self._clock.lap(), 3)
         _atomic_write(self.folder / "metrics.json", json.dumps(self.report, indent=2))
 
     def _write_csv(self) -> None:

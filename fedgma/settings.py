@@ -46,6 +46,10 @@ class Settings:
                      choices=("binary", "multiclass"))
     data_dir: str = _opt("", "Folder with the four MNIST IDX .gz files (offline); '' = download with "
                              "torchvision into ~/.cache/fedgma.")
+    preprocessing: str = _opt("clean", "'clean' (pixels in [0, 1], colour by label) or 'seed-repo': the seed "
+                                       "repository's quirks (raw 0-255 pixels, a reshape that scrambles the "
+                                       "picture, digit 5 always green, every test colour reversed; binary only).",
+                              choices=("clean", "seed-repo"))
     partitioner: str = _opt("pathological", "How training data is split across clients.",
                             choices=("pathological", "iid", "dirichlet"))
     classes_per_client: int = _opt(2, "Digits per client for the pathological partitioner.", low=1, high=10)
@@ -115,6 +119,9 @@ class Settings:
         if settings.flip_low > settings.flip_high:
             raise ConfigError(f"Run-config key 'flip-low' ({settings.flip_low}) must not exceed "
                               f"'flip-high' ({settings.flip_high}).")
+        if settings.preprocessing == "seed-repo" and settings.task != "binary":
+            raise ConfigError("Run-config key 'preprocessing' = 'seed-repo' needs task='binary' (the seed "
+                              "repository has only the binary task).")
         if settings.gma and settings.strategy == "fedgma":
             raise ConfigError("Run-config key 'gma' must be false with strategy='fedgma' "
                               "(FedGMA masks already); use gma=true with fedavg, fedprox, fedavgm, "

@@ -43,13 +43,13 @@ def as_tensors(data: ColoredData) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(data.images), torch.from_numpy(data.labels)
 
 
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, 28, 28) -> float32 in [0, 1], channels-last.
+def to_input(images: torch.Tensor, pixel_divisor: float = 255.0) -> torch.Tensor:
+    """uint8 (N, 3, 28, 28) -> float32 ``images / pixel_divisor`` ([0, 1] by default), channels-last.
 
     Channels-last is the faster layout for these convolutions on CPU (about 0.8x
     the time measured here, same fp32 math); see ``prepare_model``.
     """
-    return images.float().div_(255).contiguous(memory_format=torch.channels_last)
+    return images.float().div_(pixel_divisor).contiguous(memory_format=torch.channels_last)
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
@@ -83,7 +83,7 @@ def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: in
         for start in range(0, n, step):
             batch = order[start:start + step]
             with autocast(precision):
-                logits = model(to_input(images[batch]))
+                logits = model(to_input(images[batch], data.pixel_divisor))
             loss, correct = loss_and_correct(logits.float(), labels[batch])
             loss_sum += float(loss.detach()) * len(batch)
             correct_sum += int(correct)
@@ -106,7 +106,7 @@ def evaluate(model: nn.Module, data: ColoredData, batch_size: int = 2000,
     for start in range(0, len(labels), batch_size):
         batch = slice(start, start + batch_size)
         with autocast(precision):
-            logits = model(to_input(images[batch]))
+            logits = model(to_input(images[batch], data.pixel_divisor))
         loss, correct = loss_and_correct(logits.float(), labels[batch])
         loss_sum += float(loss) * len(labels[batch])
         correct_sum += int(correct)

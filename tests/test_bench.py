@@ -6,7 +6,7 @@ import pytest
 
 from fedgma.bench.__main__ import main, round_summary
 from fedgma.bench.aggregation import STRATEGIES
-from fedgma.bench.engine import run_config_arg
+from fedgma.local_flower import run_config_arg
 
 
 def test_round_summary_sets_the_first_round_apart():

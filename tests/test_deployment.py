@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import REPO
 
-from fedgma.bench.engine import run_config_arg
+from fedgma.local_flower import run_config_arg
 from fedgma.deploy.local import BIN, CONNECTION, Deployment
 
 pytestmark = pytest.mark.deployment

@@ -37,7 +37,7 @@ from ..bare_loop import run_bare_loop
 from ..outputs import versions
 from ..settings import Settings
 from .aggregation import STRATEGIES, time_aggregation
-from .engine import LocalFlower
+from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
 
 REPO = Path(__file__).resolve().parents[2]

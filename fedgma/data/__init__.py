@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..settings import Settings
-from .coloring import color_binary, color_multiclass
+from .coloring import color_binary, color_multiclass, color_seed_repo, color_seed_repo_test
 from .mnist import DataError, load_split
 from .partition import partition_indices
 
@@ -27,11 +27,14 @@ _OOD_STREAM, _ID_STREAM = 1_000_001, 1_000_002
 @dataclass(frozen=True)
 class ColoredData:
     """uint8 images (N, 3, 28, 28) and int64 labels; ``flip`` is the colour flip
-    probability used (binary task; NaN for multiclass)."""
+    probability used (binary task; NaN for multiclass). The model sees
+    ``images / pixel_divisor``: 255 gives [0, 1]; the seed repository's raw 0 to 255
+    inputs use 1."""
 
     images: np.ndarray
     labels: np.ndarray
     flip: float = float("nan")
+    pixel_divisor: float = 255.0
 
 
 def num_classes(task: str) -> int:
@@ -51,6 +54,8 @@ def client_data(settings: Settings, partition_id: int, num_partitions: int) -> C
     images, digits = train_images[index], train_digits[index]
     if settings.task == "binary":
         flip = float(rng.uniform(settings.flip_low, settings.flip_high))
+        if settings.preprocessing == "seed-repo":
+            return ColoredData(*color_seed_repo(images, digits, flip, rng), flip=flip, pixel_divisor=1.0)
         return ColoredData(*color_binary(images, digits, flip, rng), flip=flip)
     return ColoredData(*color_multiclass(images, digits, rng, training_colours=True))
 
@@ -63,6 +68,10 @@ def test_sets(settings: Settings) -> dict[str, ColoredData]:
     images, digits = test_images[:limit], test_digits[:limit]
     ood_rng = np.random.default_rng([settings.seed, _OOD_STREAM])
     id_rng = np.random.default_rng([settings.seed, _ID_STREAM])
+    if settings.preprocessing == "seed-repo":
+        return {"ood": ColoredData(*color_seed_repo_test(images, digits), flip=1.0, pixel_divisor=1.0),
+                "id": ColoredData(*color_seed_repo(images, digits, settings.id_flip, id_rng), flip=settings.id_flip,
+                                  pixel_divisor=1.0)}
     if settings.task == "binary":
         return {"ood": ColoredData(*color_binary(images, digits, settings.ood_flip, ood_rng), flip=settings.ood_flip),
                 "id": ColoredData(*color_binary(images, digits, settings.id_flip, id_rng), flip=settings.id_flip)}

@@ -8,6 +8,14 @@ the generator they are given, so the result is fixed by the seed.
   for y = 0 and in the green channel for y = 1, swapped with probability
   ``flip``. Unlike the seed repository this keeps the pixel range, permutes (not
   reshapes) to channels-first, and colours by label, not by digit.
+* seed repository (``preprocessing="seed-repo"``, opt-in, to reproduce its numbers):
+  colour by digit, not label: digits 0 to 4 red and 6 to 9 green, each swapped
+  with probability ``flip``, and digit 5 always green (its rule tests ``no < 5``
+  and ``no > 5``); its test set is every colour reversed (0 to 4 green, 5 to 9
+  red, no randomness); and the (N, 28, 28, 3) pictures are *reshaped*, not
+  permuted, to (N, 3, 28, 28), which scatters each pixel's three channel values
+  over the three planes. The raw 0 to 255 input scale is the training code's
+  part (``ColoredData.scale``).
 * multiclass (after Arpit et al. 2019): 10 classes; in training every class has
   two foreground and two background colours of its own; at test time foreground
   and background are drawn from a shared set of 10 colours, independent of class.
@@ -38,6 +46,27 @@ def color_binary(images: np.ndarray, digits: np.ndarray, flip: float,
     colored = np.zeros((len(images), 3, 28, 28), dtype=np.uint8)
     colored[np.arange(len(images)), channel] = images
     return colored, labels
+
+
+def color_seed_repo(images: np.ndarray, digits: np.ndarray, flip: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The seed repository's training colouring, reshape included (see the module docstring)."""
+    swapped = rng.random(len(digits)) < flip
+    red = ((digits < 5) & ~swapped) | ((digits > 5) & swapped)
+    return _seed_repo_layout(images, red), binary_labels(digits)
+
+
+def color_seed_repo_test(images: np.ndarray, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seed repository's test set: every colour reversed (0 to 4 green, 5 to 9 red)."""
+    return _seed_repo_layout(images, digits >= 5), binary_labels(digits)
+
+
+def _seed_repo_layout(images: np.ndarray, red: np.ndarray) -> np.ndarray:
+    """Channels-last RGB pictures (red or green), reshaped (not permuted) to (N, 3, 28, 28)."""
+    pictures = np.zeros((len(images), 28, 28, 3), dtype=np.uint8)
+    pictures[red, :, :, 0] = images[red]
+    pictures[~red, :, :, 1] = images[~red]
+    return pictures.reshape(len(images), 3, 28, 28)
 
 
 def color_multiclass(images: np.ndarray, digits: np.ndarray, rng: np.random.Generator,

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..bench.engine import run_config_arg
-from ..bench.processes import descendants, free_port, stop
+from ..local_flower import run_config_arg
+from ..processes import descendants, free_port, is_alive, stop
 from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
@@ -84,12 +84,7 @@ class Deployment:
 
     def alive(self, name: str) -> bool:
         pid = self.pids.get(name)
-        if pid is None:
-            return False
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+        return pid is not None and is_alive(pid)
 
     def kill(self, name: str) -> None:
         """Stop one process and its children now (e.g. a SuperNode, to simulate a crash)."""

@@ -46,6 +46,7 @@ class ReplyGuard(Strategy):
         self.strategy = strategy
         self.current_arrays: dict[str, np.ndarray] = {}
         self.sent = 0  # train instructions sent this round
+        self.connected = 0  # clients (nodes) connected when this round was configured
         self.train_metrics: dict[int, MetricRecord] = {}
         self.evaluate_metrics: dict[int, MetricRecord] = {}
 
@@ -61,6 +62,7 @@ class ReplyGuard(Strategy):
         self.current_arrays = decode(arrays)
         instructions = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.sent = len(instructions)
+        self.connected = len(list(grid.get_node_ids()))
         return instructions
 
     def aggregate_train(self, server_round: int,
@@ -80,7 +82,7 @@ class ReplyGuard(Strategy):
         if arrays is None:
             log(WARNING, "Round %d: no usable client update (%s); keeping the previous global model.",
                 server_round, screened.counts())
-        metrics = MetricRecord(dict(metrics or {}) | screened.counts())
+        metrics = MetricRecord(dict(metrics or {}) | screened.counts() | {"clients-connected": self.connected})
         self.train_metrics[server_round] = metrics
         return arrays, metrics
 

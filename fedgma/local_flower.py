@@ -4,8 +4,8 @@
 Ray temp dir, free 127.0.0.1 ports for the local SuperLink, runtime dependency
 installation off, and this environment's ``bin`` first on PATH (``flwr`` starts
 ``flower-superlink`` from PATH). Closing it stops, by PID, every process it
-started, including the detached SuperLink and Ray. The benchmark and the tests
-both use it.
+started, including the detached SuperLink and Ray. The benchmark, the
+experiment runner and the tests use it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .processes import descendants, free_port, pids_mentioning, rss_bytes, stop_tree_and_mentions
@@ -38,10 +39,11 @@ def run_config_arg(config: dict[str, Any]) -> str:
 
 @dataclass
 class FlowerRun:
-    """What one ``flwr run`` did: its output, wall time and the memory of its process tree."""
+    """What one ``flwr run`` did: its output (stdout and stderr, interleaved), wall time
+    and the memory of its process tree."""
 
-    stdout: str
-    stderr: str
+    output: str
+    returncode: int
     wall_seconds: float
     peak_rss_bytes: int
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (unix time, bytes)
@@ -49,10 +51,6 @@ class FlowerRun:
     def rss_at(self, when: float) -> int:
         """The last RSS sample taken at or before unix time ``when`` (0 if none)."""
         return max(((t, b) for t, b in self.rss_samples if t <= when), default=(0.0, 0))[1]
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 class LocalFlower:
@@ -83,8 +81,13 @@ class LocalFlower:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def run(self, app_dir: Path, run_config: dict[str, Any] | str, supernodes: int, cpus_per_client: int = 1,
-            timeout: float = 1800, sample_every: float = 0.25) -> FlowerRun:
-        """``flwr run app_dir --stream`` on a simulated federation of ``supernodes`` clients."""
+            timeout: float = 1800, sample_every: float = 0.25,
+            on_line: Callable[[str], None] | None = None) -> FlowerRun:
+        """``flwr run app_dir --stream`` on a simulated federation of ``supernodes`` clients.
+
+        ``on_line`` sees every output line as it arrives (progress reporting);
+        after ``timeout`` seconds the command is stopped and the run so far returned.
+        """
         config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
         command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config",
                    f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"]
@@ -101,13 +104,22 @@ class LocalFlower:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        lines: list[str] = []
+        process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
         try:
-            finished = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
-                                      timeout=timeout)
+            for line in process.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            process.wait()
         finally:
+            killer.cancel()
             done.set()
             sampler.join()
-        return FlowerRun(finished.stdout, finished.stderr, time.perf_counter() - start,
+        return FlowerRun("".join(lines), process.returncode, time.perf_counter() - start,
                          max((b for _, b in samples), default=0), samples)
 
     def runs(self) -> list[dict]:

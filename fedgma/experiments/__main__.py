@@ -1,0 +1,106 @@
+"""Experiment grids, plots and results tables: ``python -m fedgma.experiments <command>``.
+
+    list                      the grids and their runs, with each run's state
+    run GRID --data-dir D     run a grid through ``flwr run``, skipping finished runs
+    plot FOLDER... --out O    accuracy, mask density and agreement plots (PNG)
+    table FOLDER... --out O   summary table (summary.md and summary.csv)
+    report GRID               plot + table of a grid's results into docs/results/<grid>/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..settings import ConfigError
+from .grid import REPO, available_grids, load_grid
+from .plots import plot_all
+from .results import group_runs, load_runs, summary_rows, to_csv, to_markdown
+from .runner import run_grid, run_state
+
+RESULTS = REPO / "results"
+DOCS = REPO / "docs" / "results"
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name in available_grids() if not args.grid else [args.grid]:
+        grid = load_grid(name)
+        print(f"{name}: {len(grid.runs)} runs; {grid.description}")
+        if args.grid:
+            for run in grid.runs:
+                state = run_state(args.results / name / run.name, int(run.config.get("num-rounds", 15)))
+                print(f"  {state:<12} {run.name}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)
+    outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60)
+    failed = [o for o in outcomes if o.status not in ("completed", "skipped")]
+    print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already done; "
+          f"{len(failed)} failed" + "".join(f"\n  {o.run.name}: {o.status}" for o in failed))
+    return 1 if failed else 0
+
+
+def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True) -> int:
+    runs = load_runs(folders)
+    if not runs:
+        print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
+              file=sys.stderr)
+        return 1
+    groups = group_runs(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if tables:
+        rows = summary_rows(groups)
+        (out / "summary.md").write_text((f"**{title}**\n\n" if title else "") + to_markdown(rows))
+        (out / "summary.csv").write_text(to_csv(rows))
+        written += [out / "summary.md", out / "summary.csv"]
+        print(to_markdown(rows))
+    if plots:
+        written += plot_all(groups, out, title)
+    print(f"{len(runs)} runs in {len(groups)} configurations -> {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)
+    return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedgma.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where grids write runs (default: results/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="grids, or one grid's runs and their states")
+    listing.add_argument("grid", nargs="?", default="")
+    listing.set_defaults(func=_list)
+    running = commands.add_parser("run", help="run a grid (resumes: finished runs are skipped)")
+    running.add_argument("grid", help=f"a grid name ({', '.join(available_grids())}) or a .toml path")
+    running.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files")
+    running.add_argument("--only", default="", help="run only the runs whose name contains this text")
+    running.add_argument("--timeout", type=float, default=360, help="minutes one run may take (default 360)")
+    running.set_defaults(func=_run)
+    for name, helptext, kinds in (("plot", "plots from output folders", dict(tables=False)),
+                                  ("table", "summary table from output folders", dict(plots=False))):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
+        sub.add_argument("--out", type=Path, required=True)
+        sub.add_argument("--title", default="")
+        sub.set_defaults(func=lambda a, kinds=kinds: _write_tables(a.folders, a.out, a.title, **kinds))
+    report = commands.add_parser("report", help="plots and table of a grid's results into docs/results/<grid>")
+    report.add_argument("grid")
+    report.add_argument("--out", type=Path, default=None)
+    report.set_defaults(func=_report)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""PNG plots of grouped runs: mean over seeds with a shaded min-max band.
+
+* ``accuracy.png``: OOD and in-distribution accuracy against the round;
+* ``mask.png``: mask density and mean sign agreement against the round (runs
+  that mask only);
+* ``mask_layers.png``: mask density per layer, one panel per masked configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .results import Group
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rounds common to all the group's runs, and the mean, min and max of ``key`` there."""
+    series = [dict(run.series(key)) for run in group.runs]
+    rounds = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not rounds:
+        return None
+    values = np.array([[s[r] for r in rounds] for s in series])
+    return np.array(rounds), values.mean(0), values.min(0), values.max(0)
+
+
+def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path: Path, title: str = "") -> bool:
+    """One panel per (key, y label); one line per group. False (and no file) if no group has the keys."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    drawn = False
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        for group in groups:
+            band = _band(group, key)
+            if band is None:
+                continue
+            rounds, mean, low, high = band
+            line, = ax.plot(rounds, mean, label=f"{group.label} (n={len(group.runs)})")
+            if len(group.runs) > 1:
+                ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+            drawn = True
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return False
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_layer_density(groups: list[Group], path: Path, title: str = "") -> bool:
+    """Per-layer mask density (mean over seeds), one panel per group that masks."""
+    masked = [g for g in groups if any(k.startswith("mask-density/") for k in g.runs[0].rounds[-1])]
+    if not masked:
+        return False
+    plt = _pyplot()
+    columns = min(3, len(masked))
+    rows = -(-len(masked) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
+    for ax, group in zip(axes.flat, masked):
+        layers = [k for k in group.runs[0].rounds[-1] if k.startswith("mask-density/")]
+        for key in layers:
+            band = _band(group, key)
+            if band is not None:
+                ax.plot(band[0], band[1], label=key.split("/", 1)[1])
+        ax.set_title(group.label, fontsize=8)
+        ax.set_xlabel("round")
+        ax.set_ylabel("mask density")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(masked):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_all(groups: list[Group], out: Path, title: str = "") -> list[Path]:
+    """Every plot of this module into ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if plot_metric_panels(groups, [("ood-accuracy", "OOD accuracy"), ("id-accuracy", "in-distribution accuracy")],
+                          out / "accuracy.png", title):
+        written.append(out / "accuracy.png")
+    if plot_metric_panels(groups, [("mask-density", "mask density (fraction kept)"),
+                                   ("mean-agreement", "mean sign agreement")], out / "mask.png", title):
+        written.append(out / "mask.png")
+    if plot_layer_density(groups, out / "mask_layers.png", title):
+        written.append(out / "mask_layers.png")
+    return written

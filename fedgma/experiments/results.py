@@ -1,0 +1,151 @@
+"""Results tables from output folders alone: load runs, group them by configuration, summarise.
+
+A run is an output folder with a ``metrics.json`` (written by the ServerApp).
+Runs whose configurations differ only by ``seed`` (and by where they read and
+write: ``output-dir``, ``data-dir``, ``resume``) form one group; a group's label
+names the keys in which the groups differ. Everything here is pure Python on
+the loaded JSON, so every table can be rebuilt from committed ``metrics.json``
+files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
+NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
+THRESHOLDS = (0.6, 0.7)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    folder: Path
+    report: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.report["config"]
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.report["rounds"]
+
+    @property
+    def completed(self) -> bool:
+        return self.report.get("status") == "completed"
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(round, value) for every round that has ``key``."""
+        return [(row["round"], float(row[key])) for row in self.rounds if key in row]
+
+
+@dataclass(frozen=True)
+class Group:
+    label: str
+    runs: list[RunResult]
+
+
+def load_runs(paths: list[Path], completed_only: bool = True) -> list[RunResult]:
+    """Every run folder (holding metrics.json) at or below ``paths``, sorted by path."""
+    found = []
+    for path in paths:
+        files = [path / "metrics.json"] if (path / "metrics.json").exists() else sorted(path.rglob("metrics.json"))
+        for file in files:
+            report = json.loads(file.read_text())
+            if "config" in report and "rounds" in report:
+                found.append(RunResult(file.parent, report))
+    runs = sorted({r.folder: r for r in found}.values(), key=lambda r: str(r.folder))
+    return [r for r in runs if r.completed] if completed_only else runs
+
+
+def group_runs(runs: list[RunResult]) -> list[Group]:
+    """Runs grouped by configuration (all keys but seed and paths), in first-seen order."""
+    def identity(run: RunResult) -> tuple:
+        return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items() if k not in NOT_CONFIGURATION))
+
+    groups: dict[tuple, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(identity(run), []).append(run)
+    configs = [members[0].config for members in groups.values()]
+    differing = [key for key in configs[0] if key not in NOT_CONFIGURATION
+                 and len({json.dumps(c.get(key)) for c in configs}) > 1] if configs else []
+    return [Group(", ".join(f"{k}={_fmt_value(members[0].config.get(k))}" for k in differing) or "all runs",
+                  members) for members in groups.values()]
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def rounds_to_reach(run: RunResult, threshold: float, key: str = "ood-accuracy") -> int | None:
+    """First round whose ``key`` reaches ``threshold`` (None if it never does)."""
+    return next((r for r, value in run.series(key) if value >= threshold), None)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(group: Group) -> dict[str, Any]:
+    """One table row: mean and std over the group's seeds."""
+    runs = group.runs
+    final = [r.rounds[-1]["ood-accuracy"] for r in runs]
+    best = [max(v for _, v in r.series("ood-accuracy")) for r in runs]
+    final_id = [r.rounds[-1]["id-accuracy"] for r in runs]
+    row: dict[str, Any] = {"configuration": group.label, "n": len(runs),
+                           "rounds": max(r.rounds[-1]["round"] for r in runs),
+                           "seeds": " ".join(str(r.config.get("seed")) for r in runs)}
+    for name, values in (("final-ood", final), ("best-ood", best), ("final-id", final_id)):
+        row[f"{name}-mean"], row[f"{name}-std"] = mean_std(values)
+    for threshold in THRESHOLDS:
+        reached = [rounds_to_reach(r, threshold) for r in runs]
+        hits = [x for x in reached if x is not None]
+        row[f"rounds-to-{threshold:g}"] = statistics.fmean(hits) if hits else math.nan
+        row[f"reached-{threshold:g}"] = len(hits)
+    densities = [v for r in runs for rnd, v in r.series("mask-density") if rnd > 0]
+    row["mask-density-mean"] = statistics.fmean(densities) if densities else math.nan
+    row["wall-minutes-mean"] = statistics.fmean(r.report.get("wall-seconds", math.nan) for r in runs) / 60
+    row["num-clients"] = max(int(r.report.get("num-clients", 0)) for r in runs)
+    return row
+
+
+def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    return [summarise(group) for group in groups]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["configuration"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
+    header = ("| configuration | n | final OOD acc | best OOD acc | final ID acc | rounds to 0.6 OOD "
+              "| rounds to 0.7 OOD | mask density | wall min |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for row in rows:
+        def pm(name: str) -> str:
+            return f"{row[f'{name}-mean']:.4f} ± {row[f'{name}-std']:.4f}"
+
+        def reach(threshold: float) -> str:
+            mean, hits = row[f"rounds-to-{threshold:g}"], row[f"reached-{threshold:g}"]
+            return "never" if hits == 0 else f"{mean:.1f}" + ("" if hits == row["n"] else f" ({hits}/{row['n']})")
+
+        density = "-" if math.isnan(row["mask-density-mean"]) else f"{row['mask-density-mean']:.3f}"
+        lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('best-ood')} | "
+                     f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {row['wall-minutes-mean']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""Run a grid of simulations one after another through ``flwr run``, resumably.
+
+Each run writes into ``<results>/<grid>/<run name>/``. Running a grid again
+skips the runs whose ``metrics.json`` says ``completed`` with every round, and
+continues an interrupted run from its last round checkpoint (``resume=true``);
+a run without a checkpoint starts again from round 0. Progress over runs and
+rounds goes to stdout, one line per round.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..local_flower import LocalFlower
+from ..outputs import CHECKPOINT
+from .grid import REPO, Grid, Run
+
+NEW, COMPLETED, INTERRUPTED, EXTEND = "new", "completed", "interrupted", "extend"
+
+
+@dataclass
+class Outcome:
+    run: Run
+    state: str  # what the runner found before running
+    status: str  # metrics.json status afterwards ("skipped" if nothing ran)
+    seconds: float
+
+
+def run_state(folder: Path, num_rounds: int) -> str:
+    """``new``, ``completed`` (every round done), ``extend`` (completed with fewer rounds) or ``interrupted``."""
+    try:
+        report = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return NEW
+    done = report["rounds"][-1]["round"] if report.get("rounds") else -1
+    if report.get("status") == "completed":
+        return COMPLETED if done >= num_rounds else EXTEND
+    return INTERRUPTED
+
+
+def run_config_for(run: Run, folder: Path, data_dir: str, state: str) -> dict[str, Any]:
+    """The run's configuration plus where it reads and writes, and whether it resumes."""
+    config = run.config | {"output-dir": str(folder)}
+    if data_dir:
+        config["data-dir"] = data_dir
+    if state in (INTERRUPTED, EXTEND) and (folder / CHECKPOINT).exists():
+        config["resume"] = True
+    return config
+
+
+def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_dir: Path = REPO,
+             timeout: float = 6 * 3600, flower: LocalFlower | None = None) -> list[Outcome]:
+    """Run every run of ``grid`` whose name contains ``only``; skip finished ones."""
+    runs = [run for run in grid.runs if only in run.name]
+    outcomes: list[Outcome] = []
+    _stop_on_sigterm()
+    owned = flower is None
+    flower = flower or LocalFlower()
+    try:
+        for index, run in enumerate(runs, 1):
+            folder = results / grid.name / run.name
+            state = run_state(folder, int(run.config.get("num-rounds", 15)))
+            tag = f"[run {index}/{len(runs)} {run.name}]"
+            if state == COMPLETED:
+                print(f"{tag} already completed, skipped", flush=True)
+                outcomes.append(Outcome(run, state, "skipped", 0.0))
+                continue
+            config = run_config_for(run, folder, data_dir, state)
+            if state in (INTERRUPTED, EXTEND) and not config.get("resume"):
+                print(f"{tag} {state} without a checkpoint: starting again from round 0", flush=True)
+                shutil.rmtree(folder)
+            print(f"{tag} {'resuming' if config.get('resume') else 'starting'} "
+                  f"({run.supernodes} clients)", flush=True)
+            start = time.perf_counter()
+            done = flower.run(app_dir, config, run.supernodes, run.cpus_per_client, timeout=timeout,
+                              on_line=lambda line, tag=tag: _progress(tag, line))
+            status = _final_status(folder)
+            outcomes.append(Outcome(run, state, status, time.perf_counter() - start))
+            print(f"{tag} {status} in {outcomes[-1].seconds / 60:.1f} min", flush=True)
+            if status != "completed":
+                print(done.output[-3000:], file=sys.stderr, flush=True)
+    finally:
+        if owned:
+            flower.close()
+    return outcomes
+
+
+def _progress(tag: str, line: str) -> None:
+    """Echo the app's per-round lines, resume notes and Flower's errors."""
+    for marker in ("[round ", "Resum", "ERROR"):
+        if marker in line:
+            print(f"{tag} {line[line.index(marker):]}", flush=True)
+            return
+
+
+def _final_status(folder: Path) -> str:
+    try:
+        return json.loads((folder / "metrics.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return "failed: no metrics.json (see the output above)"
+
+
+def _stop_on_sigterm() -> None:
+    """A terminated runner still stops the Flower processes it started (``finally`` runs)."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
