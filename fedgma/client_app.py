@@ -16,7 +16,7 @@ import os
 from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .data import client_data, num_classes
@@ -24,7 +24,7 @@ from .model import build_model
 from .records import encode
 from .settings import ConfigError, Settings
 from .strategies.fedgma import SEND_GRADIENT
-from .strategies.replies import GRADIENT, NUM_EXAMPLES, WEIGHTS
+from .strategies.replies import CLIENT, GRADIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
 from .training import evaluate, prepare_model, shuffle_seed, train_local
 
 app = ClientApp()
@@ -105,6 +105,7 @@ def train(msg: Message, context: Context) -> Message:
         WEIGHTS: ArrayRecord(model.state_dict()),
         "metrics": MetricRecord({NUM_EXAMPLES: result.num_examples, "train-loss": result.loss,
                                  "train-accuracy": result.accuracy}),
+        CLIENT: _who(pid),
     })
     if config.get(SEND_GRADIENT, False):
         content[GRADIENT] = encode(result.last_gradient)
@@ -118,4 +119,16 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     data = client_data(settings, pid, count)
     loss, accuracy = evaluate(model, data, precision=settings.precision)
     metrics = MetricRecord({NUM_EXAMPLES: len(data.labels), "local-loss": loss, "local-accuracy": accuracy})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({"metrics": metrics, CLIENT: _who(pid)}), reply_to=msg)
+
+
+@app.query()
+def who_am_i(msg: Message, context: Context) -> Message:
+    """This node's partition id, so the server can sample and aggregate in a fixed order."""
+    pid, _ = partition_of(context)
+    return Message(content=RecordDict({CLIENT: _who(pid)}), reply_to=msg)
+
+
+def _who(partition_id: int) -> ConfigRecord:
+    """The ``client`` record of every reply: the server orders replies by it (see ReplyGuard)."""
+    return ConfigRecord({PARTITION_ID: partition_id})

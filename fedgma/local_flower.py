@@ -74,9 +74,16 @@ class LocalFlower:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Stop every process this setup started (SuperLink, Ray, apps), by PID."""
+    def kill(self) -> None:
+        """Stop every process this setup started (SuperLink, Ray, apps), by PID; keep its folder.
+
+        A later :meth:`run` starts a fresh local SuperLink (what a user sees after
+        an interrupted ``flwr run``)."""
         stop_tree_and_mentions(str(self.root))
+
+    def close(self) -> None:
+        """Stop every process this setup started, by PID, and remove its folder if it made it."""
+        self.kill()
         if self.owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

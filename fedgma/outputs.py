@@ -45,19 +45,32 @@ def versions() -> dict[str, str]:
 
 
 class RunRecorder:
-    """Collects one row per round and keeps the files in ``folder`` up to date."""
+    """Collects one row per round and keeps the files in ``folder`` up to date.
 
-    def __init__(self, folder: Path, settings: Settings) -> None:
+    A resumed run passes the checkpoint's ``rows`` and ``report`` (metrics.json's
+    top level): the rows continue, ``wall-seconds`` keeps adding up, and
+    ``resumed`` lists each resumption with the round it started from.
+    """
+
+    def __init__(self, folder: Path, settings: Settings, rows: list[dict[str, Any]] | None = None,
+                 report: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows or [])
         self.report: dict[str, Any] = {
             "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-            "seed": settings.seed, "config": settings.to_run_config(), "versions": versions(),
-            "num-clients": 0, "wall-seconds": 0.0, "rounds": self.rows,
-        }
+            "seed": settings.seed, "versions": versions(), "num-clients": 0, "wall-seconds": 0.0,
+        } | (report or {}) | {"status": "running", "config": settings.to_run_config(), "rounds": self.rows}
+        if report is not None:
+            self.report.setdefault("resumed", []).append(
+                {"from-round": self.rows[-1]["round"] if self.rows else 0,
+                 "at": datetime.now().isoformat(timespec="seconds")})
         self._clock = RoundTimer()
         self._write_json()
+
+    def summary(self) -> dict[str, Any]:
+        """metrics.json's top level without the rows (what a checkpoint keeps besides them)."""
+        return {key: value for key, value in self.report.items() if key != "rounds"}
 
     def record_round(self, row: dict[str, Any]) -> None:
         """Add one round's row; ``num-clients`` is the most clients seen connected in any round."""

@@ -43,3 +43,16 @@ def array_view(array: Array) -> np.ndarray:
 def encode(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """{layer name: ndarray} as an ArrayRecord (keeps the layer order and 0-d shapes)."""
     return ArrayRecord({name: Array(np.require(a, requirements="C")) for name, a in arrays.items()})
+
+
+def cast_like(record: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:
+    """``record`` with every array in the dtype of the same layer of ``reference``.
+
+    Flower's FedAdam, FedYogi and FedAdagrad compute in float64 and return float64
+    arrays for a float32 model; left alone, the global model would silently
+    change precision (and every float32 client reply would then look malformed).
+    """
+    arrays = decode(record)
+    if all(arrays[name].dtype == reference[name].dtype for name in arrays):
+        return record
+    return encode({name: array.astype(reference[name].dtype) for name, array in arrays.items()})

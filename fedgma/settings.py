@@ -40,6 +40,8 @@ class Settings:
     num_rounds: int = _opt(15, "Federated rounds.", low=1)
     output_dir: str = _opt("", "Folder for metrics.json, metrics.csv, model.pt, accuracy.png; "
                                "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
+    resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
+                               "not redone; a larger num-rounds extends a completed run).")
     # --- data ---------------------------------------------------------------
     task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e) "
                                "or 'multiclass' colored MNIST (10 classes, class-specific colours).",
@@ -77,6 +79,9 @@ class Settings:
                                     low=0.0, high=1.0)
     round_timeout: float = _opt(3600.0, "Seconds the server waits for a round's replies; clients that have "
                                         "not replied by then count as failed.", low=0.0, low_open=True)
+    min_accepted_fraction: float = _opt(0.0, "A round counts only if at least this fraction of the clients asked "
+                                              "to train sent an accepted reply (always at least one); otherwise "
+                                              "the previous model is kept.", low=0.0, high=1.0)
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
                                        "(Flower's min_available_nodes).", low=1)
     # --- strategy -----------------------------------------------------------------

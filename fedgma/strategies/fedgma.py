@@ -54,11 +54,13 @@ class FedGMA(ReplyGuard):
     weighted_agreement : bool (default: False)
         Weight each client's sign by its number of examples instead of counting
         clients equally (the paper).
+    **guard
+        ``seed`` and ``min_accepted_fraction`` of :class:`ReplyGuard`.
     """
 
     def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4,
-                 direction: str = "gradient", weighted_agreement: bool = False) -> None:
-        super().__init__(fedavg)
+                 direction: str = "gradient", weighted_agreement: bool = False, **guard) -> None:
+        super().__init__(fedavg, **guard)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FedGMA threshold p must lie in [0, 1], got {p}")
         if server_lr < 0:

@@ -53,15 +53,17 @@ class GMA(ReplyGuard):
     weighted_agreement : bool (default: False)
         Weight each client's sign by its number of examples (declearn's option)
         instead of counting clients equally (the paper).
+    **guard
+        ``seed`` and ``min_accepted_fraction`` of :class:`ReplyGuard`.
     """
 
     def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
-                 weighted_agreement: bool = False) -> None:
+                 weighted_agreement: bool = False, **guard) -> None:
         if not isinstance(strategy, FedAvg):
             raise TypeError(f"GMA wraps strategies of the FedAvg family (FedAvg, FedProx, FedAvgM, FedAdam, "
                             f"FedYogi, FedAdagrad), whose aggregation starts from the weighted mean; got "
                             f"{type(strategy).__name__}")
-        super().__init__(strategy)
+        super().__init__(strategy, **guard)
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"GMA threshold tau must lie in [0, 1], got {tau}")
         if mask not in ("soft", "hard"):

@@ -1,89 +1,154 @@
-"""ReplyGuard: a wrapper that makes any Flower strategy safe against bad replies.
-
-A client that sent an error, or no reply before the round timeout, counts as
-*failed*; one whose reply is malformed counts as *rejected*.
+"""ReplyGuard: a wrapper that makes any Flower strategy safe, reproducible and resumable.
 
 Same pattern as Flower's differential-privacy wrappers: it forwards every call to
-the wrapped strategy, and in ``aggregate_train`` it first screens the replies
-(:mod:`fedgma.strategies.replies`), hands only the accepted ones on, and adds the
-reply counts to the round's metrics. When no reply is usable, or the wrapped
-strategy produces a non-finite model, the round returns no arrays, so Flower keeps
-the previous global model, and says so in the log.
+the wrapped strategy and adds four things around it.
 
-It also keeps each round's aggregated train and client-evaluate metrics
-(``train_metrics``, ``evaluate_metrics``) so the ServerApp can persist them every
-round without re-implementing Flower's round loop.
+* **Screening.** Train and evaluate replies are screened
+  (:mod:`fedgma.strategies.replies`); only accepted ones reach the wrapped
+  strategy. A client that sent an error, or no reply before the round timeout,
+  counts as *failed*; a malformed reply as *rejected*; the counts go into the
+  round's metrics and the reasons into ``notes``. When too few replies are usable
+  (none, or fewer than ``min_accepted_fraction`` of those asked), or the
+  aggregate is not finite, the round returns no arrays, so Flower keeps the
+  previous global model, and ``notes`` says why.
+* **A fixed order.** Replies are aggregated in the order of the partition ids
+  the clients report (then node ids), not in arrival order, and client sampling
+  is seeded per round from the run's seed over nodes listed in partition order,
+  so two runs with one seed give the same model bit for bit.
+* **Resumption.** ``round_offset`` shifts Flower's round numbers (which restart
+  at 1 in every ``Strategy.start``) to the run's true rounds, and
+  :meth:`state` / :meth:`restore` carry what the wrapped strategy holds between
+  rounds (FedAdam's moments, FedAvgM's momentum, ...) through a checkpoint.
+* **Bookkeeping.** Each round's aggregated train and client-evaluate metrics
+  (``train_metrics``, ``evaluate_metrics``) and ``notes`` are kept for the
+  ServerApp to persist, without re-implementing Flower's round loop.
 """
 
 from __future__ import annotations
 
+import copy
+import random
 from collections.abc import Iterable
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..records import decode
-from .replies import WEIGHTS, AcceptedReply, screen_train_replies
+from ..records import cast_like, decode
+from .replies import CLIENT, PARTITION_ID, WEIGHTS, AcceptedReply, ScreenedReplies, reported_partition, screen_replies
+
+
+class PartitionOrderedGrid:
+    """A Grid whose ``get_node_ids`` lists nodes by partition id, then node id.
+
+    Flower's samplers draw from that list with Python's ``random``; with a fixed
+    order and a seeded ``random`` they pick the same partitions in every run, even
+    though the simulation engine gives nodes new random ids each run.
+    """
+
+    def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
+        self._grid = grid
+        self._partitions = partitions
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partitions.get(node, float("inf")), node))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def sampling_seed(seed: int, server_round: int, phase: str) -> int:
+    """The seed of Python's ``random`` for one round's client sampling."""
+    return int(np.random.SeedSequence([seed, server_round, {"train": 0, "evaluate": 1}[phase]]).generate_state(1)[0])
 
 
 class ReplyGuard(Strategy):
-    """Screen train replies before the wrapped strategy aggregates them.
+    """Screen, order and count replies before the wrapped strategy aggregates them.
 
     Parameters
     ----------
     strategy : Strategy
         Any Message-API Flower strategy (FedAvg, FedAdam, ..., or FedGMA).
+    seed : int (default: 0)
+        The run's seed; client sampling in round t is seeded from (seed, t).
+    min_accepted_fraction : float (default: 0.0)
+        A round counts only if at least this fraction of the clients asked to
+        train sent an accepted reply (and always at least one); otherwise the
+        previous global model is kept.
     """
 
     #: The ArrayRecords every train reply must hold.
     expected_records: tuple[str, ...] = (WEIGHTS,)
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy, seed: int = 0, min_accepted_fraction: float = 0.0) -> None:
+        if not 0.0 <= min_accepted_fraction <= 1.0:
+            raise ValueError(f"min_accepted_fraction must lie in [0, 1], got {min_accepted_fraction}")
         self.strategy = strategy
+        self.seed = seed
+        self.min_accepted_fraction = min_accepted_fraction
+        self.round_offset = 0  # rounds done before this Strategy.start (a resumed run)
+        self.partitions: dict[int, int] = {}  # node id -> partition id, as clients report them
         self.current_arrays: dict[str, np.ndarray] = {}
         self.sent = 0  # train instructions sent this round
+        self.sent_evaluate = 0  # evaluate instructions sent this round
         self.connected = 0  # clients (nodes) connected when this round was configured
         self.train_metrics: dict[int, MetricRecord] = {}
         self.evaluate_metrics: dict[int, MetricRecord] = {}
+        self.notes: dict[int, dict[str, Any]] = {}  # round -> reasons and outcomes, for metrics.json
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.strategy).__name__})"
 
     def summary(self) -> None:
-        log(INFO, "\t├──> %s: failed and malformed replies are counted and left out", type(self).__name__)
+        log(INFO, "\t├──> %s: failed and malformed replies are counted and left out; replies aggregated in "
+                  "partition order; sampling seeded from seed %d", type(self).__name__, self.seed)
         self.strategy.summary()
 
+    # --- train ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.current_arrays = decode(arrays)
-        instructions = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if getattr(self.strategy, "fraction_train", 1.0) < 1.0:
+            self._learn_partitions(grid)
+        random.seed(sampling_seed(self.seed, server_round, "train"))
+        instructions = list(self.strategy.configure_train(server_round, arrays, config,
+                                                          PartitionOrderedGrid(grid, self.partitions)))
         self.sent = len(instructions)
         self.connected = len(list(grid.get_node_ids()))
         return instructions
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        screened = screen_train_replies(replies, self.current_arrays, self.expected_records)
-        if len(replies) < self.sent:  # no reply before the round timeout
-            log(WARNING, "Round %d: %d of %d clients did not reply in time.", server_round,
-                self.sent - len(replies), self.sent)
-            screened.failed += self.sent - len(replies)
-        arrays, metrics = None, None
-        if screened.accepted:
+        server_round += self.round_offset
+        screened = screen_replies(self._in_partition_order(replies), self.current_arrays, self.expected_records,
+                                  self._client_label)
+        missing = self.sent - len(screened.accepted) - screened.failed - screened.rejected
+        for _ in range(max(0, missing)):
+            screened.fail("a client did not reply before the round timeout")
+        arrays, metrics, outcome = None, None, "aggregated"
+        needed = max(1, int(np.ceil(self.min_accepted_fraction * self.sent - 1e-9)))
+        if len(screened.accepted) < needed:
+            outcome = (f"kept the previous model: {len(screened.accepted)} of {self.sent} replies accepted, "
+                       f"{needed} needed" + (f" (min-accepted-fraction {self.min_accepted_fraction})"
+                                             if self.min_accepted_fraction else ""))
+        else:
             arrays, metrics = self.aggregate_accepted(server_round, screened.accepted)
-        if arrays is not None and not all(np.isfinite(a).all() for a in decode(arrays).values()):
-            log(WARNING, "Round %d: the aggregated model is not finite; it is discarded.", server_round)
-            arrays = None
+            if arrays is None:
+                outcome = "kept the previous model: the wrapped strategy returned no model"
+            elif not all(np.isfinite(a).all() for a in decode(arrays).values()):
+                arrays, outcome = None, "kept the previous model: the aggregate is not finite"
+            else:
+                arrays = cast_like(arrays, self.current_arrays)
         if arrays is None:
-            log(WARNING, "Round %d: no usable client update (%s); keeping the previous global model.",
-                server_round, screened.counts())
+            log(WARNING, "Round %d: %s (%s).", server_round, outcome, screened.counts())
         metrics = MetricRecord(dict(metrics or {}) | screened.counts() | {"clients-connected": self.connected})
         self.train_metrics[server_round] = metrics
+        self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons})
         return arrays, metrics
 
     def aggregate_accepted(self, server_round: int,
@@ -91,12 +156,74 @@ class ReplyGuard(Strategy):
         """Aggregate the screened replies; subclasses transform them first."""
         return self.strategy.aggregate_train(server_round, [r.message for r in replies])
 
+    # --- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        server_round += self.round_offset
+        random.seed(sampling_seed(self.seed, server_round, "evaluate"))
+        instructions = list(self.strategy.configure_evaluate(server_round, arrays, config,
+                                                             PartitionOrderedGrid(grid, self.partitions)))
+        self.sent_evaluate = len(instructions)
+        return instructions
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            self.evaluate_metrics[server_round] = metrics
+        server_round += self.round_offset
+        replies = self._in_partition_order(replies)
+        if not replies and not self.sent_evaluate:
+            return None  # no client evaluation this round (fraction-evaluate = 0)
+        screened = screen_replies(replies, None, label=self._client_label)
+        for _ in range(max(0, self.sent_evaluate - len(replies))):
+            screened.fail("a client did not send its evaluation before the round timeout")
+        metrics = None
+        if screened.accepted:
+            metrics = self.strategy.aggregate_evaluate(server_round, [r.message for r in screened.accepted])
+        metrics = MetricRecord(dict(metrics or {}) | screened.counts("evaluate-replies"))
+        self.evaluate_metrics[server_round] = metrics
+        if screened.reasons:
+            self.notes.setdefault(server_round, {})["evaluate-reasons"] = screened.reasons
         return metrics
+
+    # --- order ------------------------------------------------------------------------
+    def _in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies sorted by reported partition id, then node id (arrival order must not matter)."""
+        replies = list(replies)
+        for message in replies:
+            partition = reported_partition(message)
+            if partition is not None:
+                self.partitions[message.metadata.src_node_id] = partition
+        return sorted(replies, key=lambda m: (self.partitions.get(m.metadata.src_node_id, float("inf")),
+                                              m.metadata.src_node_id))
+
+    def _client_label(self, message: Message) -> str:
+        """How reasons name a client: by partition (the same in every run) when known, else by node id."""
+        node = message.metadata.src_node_id
+        return f"client partition {self.partitions[node]}" if node in self.partitions else f"client node {node}"
+
+    def _learn_partitions(self, grid: Grid, timeout: float = 120.0) -> None:
+        """Ask nodes of unknown partition for it once (a QUERY message), so sampling can use partition order."""
+        unknown = [node for node in grid.get_node_ids() if node not in self.partitions]
+        if not unknown:
+            return
+        asks = [Message(RecordDict({CLIENT: ConfigRecord({"ask": PARTITION_ID})}), dst_node_id=node,
+                        message_type=MessageType.QUERY) for node in unknown]
+        answered = [reply for reply in grid.send_and_receive(asks, timeout=timeout) if reported_partition(reply)
+                    is not None]
+        self._in_partition_order(answered)
+        if len(answered) < len(unknown):
+            log(WARNING, "%d of %d clients did not report their partition id; they are sampled in node-id order, "
+                         "which differs between runs.", len(unknown) - len(answered), len(unknown))
+
+    # --- checkpoints ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What must survive an interruption: the wrapped strategy's attributes (its moments,
+        momentum, current arrays, ...; callables are configuration, not state) and the
+        node-to-partition map."""
+        inner = {key: value for key, value in vars(self.strategy).items() if not callable(value)}
+        return copy.deepcopy({"strategy": inner, "partitions": self.partitions})
+
+    def restore(self, state: dict[str, Any], round_offset: int) -> None:
+        """Continue after ``round_offset`` finished rounds with a :meth:`state` taken then."""
+        for key, value in state["strategy"].items():
+            setattr(self.strategy, key, value)
+        self.partitions.update(state["partitions"])
+        self.round_offset = round_offset

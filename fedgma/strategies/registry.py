@@ -35,9 +35,10 @@ def build_strategy(settings: Settings) -> ReplyGuard:
     }
     inner: Strategy = builders[settings.strategy]()
     weighted = settings.agreement_weighting == "examples"
+    guard = dict(seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction)
     if settings.strategy == "fedgma":
         return FedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
-                      weighted_agreement=weighted)
+                      weighted_agreement=weighted, **guard)
     if settings.gma:
-        return GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted)
-    return ReplyGuard(inner)
+        return GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted, **guard)
+    return ReplyGuard(inner, **guard)

@@ -1,15 +1,20 @@
-"""Screening of client train replies before anything is aggregated.
+"""Screening of client replies before anything is aggregated.
 
 A reply is *failed* when Flower reports an error for it (the client crashed,
 timed out or was lost) and *rejected* when it arrived but cannot be trusted: an
-array missing, of another shape or not finite (NaN/Inf), or no usable
-``num-examples``. Both are counted in the round's metrics and left out, so one bad
-client can neither crash the ServerApp nor corrupt the global model.
+array missing, extra, misnamed, of another shape or dtype (a float64 or float16
+array would silently change the model's precision), not finite (NaN/Inf), metrics
+that are not finite numbers or whose names differ from the other replies' (Flower's
+FedAvg refuses to average such a set), or no usable ``num-examples``. Both are
+counted in the round's metrics with their reasons and left out, so one bad client
+can neither crash the ServerApp nor corrupt the global model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -22,6 +27,8 @@ from ..records import decode
 NUM_EXAMPLES = "num-examples"
 WEIGHTS = "arrays"  # Flower's default ArrayRecord key for model weights
 GRADIENT = "gradient"  # the extra ArrayRecord FedGMA asks clients for
+CLIENT = "client"  # ConfigRecord in which our ClientApp names its partition (for a fixed aggregation order)
+PARTITION_ID = "partition-id"
 
 
 @dataclass
@@ -38,36 +45,62 @@ class ScreenedReplies:
     accepted: list[AcceptedReply] = field(default_factory=list)
     failed: int = 0
     rejected: int = 0
+    reasons: list[str] = field(default_factory=list)  # one line per failed or rejected reply
 
-    def counts(self) -> dict[str, int]:
-        return {"replies-accepted": len(self.accepted), "replies-failed": self.failed,
-                "replies-rejected": self.rejected}
+    def counts(self, prefix: str = "replies") -> dict[str, int]:
+        return {f"{prefix}-accepted": len(self.accepted), f"{prefix}-failed": self.failed,
+                f"{prefix}-rejected": self.rejected}
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.reasons.append(reason)
+        log(WARNING, "%s", reason)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.reasons.append(reason)
+        log(WARNING, "%s", reason)
 
 
-def screen_train_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
-                         records: tuple[str, ...] = (WEIGHTS,)) -> ScreenedReplies:
-    """Split train replies into accepted, failed and rejected ones.
+def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] | None,
+                   records: tuple[str, ...] = (WEIGHTS,),
+                   label: Callable[[Message], str] | None = None) -> ScreenedReplies:
+    """Split replies into accepted, failed and rejected ones.
 
-    An accepted reply holds exactly the ArrayRecords named in ``records``, each
-    with the layer names and shapes of ``reference`` (the global model sent this
-    round) and only finite values, and one MetricRecord with ``num-examples`` > 0.
+    Train replies (``reference`` = the global model sent this round) must hold
+    exactly the ArrayRecords named in ``records``, each with the layer names,
+    shapes and dtypes of ``reference`` and only finite values. Evaluate replies
+    (``reference=None``) must hold no ArrayRecord. Both must hold one MetricRecord
+    of finite numbers with ``num-examples`` > 0, whose names match those of most
+    other replies. ``label`` names a client in the reasons (default: by node id).
     """
+    label = label or (lambda message: f"client node {message.metadata.src_node_id}")
     screened = ScreenedReplies()
+    candidates = []
     for message in replies:
         if message.has_error():
-            screened.failed += 1
-            log(WARNING, "Client node %s failed this round: %s", message.metadata.src_node_id,
-                message.error.reason)
+            screened.fail(f"{label(message)} failed: {message.error.reason}")
             continue
         try:
-            screened.accepted.append(_accept(message, reference, records))
+            candidates.append(_accept(message, reference, records if reference is not None else ()))
         except ValueError as problem:
-            screened.rejected += 1
-            log(WARNING, "Rejected the reply of client node %s: %s", message.metadata.src_node_id, problem)
+            screened.reject(f"{label(message)} rejected: {problem}")
+    usual = Counter(_metric_names(c.message) for c in candidates).most_common(1)
+    for candidate in candidates:
+        names = _metric_names(candidate.message)
+        if names != usual[0][0]:
+            screened.reject(f"{label(candidate.message)} rejected: metrics "
+                            f"{sorted(names)} differ from the other replies' {sorted(usual[0][0])}")
+        else:
+            screened.accepted.append(candidate)
     return screened
 
 
-def _accept(message: Message, reference: dict[str, np.ndarray], records: tuple[str, ...]) -> AcceptedReply:
+def _metric_names(message: Message) -> frozenset[str]:
+    return frozenset(next(iter(message.content.metric_records.values())).keys())
+
+
+def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: tuple[str, ...]) -> AcceptedReply:
     content = message.content
     if sorted(content.array_records) != sorted(records):
         raise ValueError(f"it holds ArrayRecords {sorted(content.array_records)}, expected {sorted(records)}")
@@ -77,8 +110,11 @@ def _accept(message: Message, reference: dict[str, np.ndarray], records: tuple[s
             raise ValueError(f"ArrayRecord '{key}' has layers {list(record.keys())}, expected {list(reference)}")
         decoded = decode(record)
         for name, array in decoded.items():
-            if array.shape != reference[name].shape:
-                raise ValueError(f"'{key}/{name}' has shape {array.shape}, expected {reference[name].shape}")
+            expected = reference[name]
+            if array.shape != expected.shape:
+                raise ValueError(f"'{key}/{name}' has shape {array.shape}, expected {expected.shape}")
+            if array.dtype != expected.dtype:
+                raise ValueError(f"'{key}/{name}' has dtype {array.dtype}, expected {expected.dtype}")
             if not np.isfinite(array).all():
                 raise ValueError(f"'{key}/{name}' contains NaN or Inf")
         arrays[key] = decoded
@@ -86,6 +122,19 @@ def _accept(message: Message, reference: dict[str, np.ndarray], records: tuple[s
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
     num_examples = metrics.get(NUM_EXAMPLES)
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, float)) or not num_examples > 0:
-        raise ValueError(f"'{NUM_EXAMPLES}' must be a positive number, got {num_examples!r}")
+    if (isinstance(num_examples, bool) or not isinstance(num_examples, (int, float))
+            or not math.isfinite(num_examples) or not num_examples > 0):
+        raise ValueError(f"'{NUM_EXAMPLES}' must be a positive finite number, got {num_examples!r}")
+    for name, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ValueError(f"metric '{name}' is not finite: {value!r}")
     return AcceptedReply(message, arrays, float(num_examples))
+
+
+def reported_partition(message: Message) -> int | None:
+    """The partition id our ClientApp reports in its ``client`` ConfigRecord (None if absent)."""
+    if message.has_error() or CLIENT not in message.content.config_records:
+        return None
+    value = message.content.config_records[CLIENT].get(PARTITION_ID)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

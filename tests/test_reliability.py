@@ -1,0 +1,96 @@
+"""Runs that survive: same seed, same result; interrupted and resumed equals done in one go.
+
+Through the real simulation engine (``flwr run``, Ray, 3 clients training in
+parallel), for FedGMA and for GMA over FedAdam (whose server moments must
+survive the interruption).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from conftest import REPO
+
+from fedgma.local_flower import LocalFlower
+from fedgma.outputs import CHECKPOINT
+
+pytestmark = pytest.mark.simulation
+
+TIMING = ("seconds", "time")  # wall-clock fields, the only ones allowed to differ
+
+
+def rounds_without_timing(folder):
+    report = json.loads((folder / "metrics.json").read_text())
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in report["rounds"]]
+
+
+def tiny(mnist_dir, out, **extra):
+    return {"data-dir": str(mnist_dir), "num-rounds": 4, "max-client-examples": 300, "max-test-examples": 300,
+            "min-available-nodes": 3, "fraction-evaluate": 1.0, "output-dir": str(out), **extra}
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory):
+    with LocalFlower(tmp_path_factory.mktemp("flwr")) as local:
+        yield local
+
+
+def checkpoint_round(folder) -> int:
+    try:
+        return int(torch.load(folder / CHECKPOINT, weights_only=False)["round"])
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return -1
+
+
+@pytest.mark.parametrize("strategy", [{"strategy": "fedgma"}, {"strategy": "fedadam", "gma": True}],
+                         ids=["fedgma", "gma-fedadam"])
+def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_path, strategy):
+    first, second, interrupted = tmp_path / "first", tmp_path / "second", tmp_path / "interrupted"
+    for out in (first, second):
+        done = flower.run(REPO, tiny(mnist_dir, out, **strategy), 3)
+        assert json.loads((out / "metrics.json").read_text())["status"] == "completed", done.output[-4000:]
+    # Same seed, same result: byte-identical final model, equal metrics in every round.
+    assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
+    assert rounds_without_timing(first) == rounds_without_timing(second)
+
+    # Killed by PID right after round 2 is checkpointed, then resumed.
+    runner = threading.Thread(target=flower.run, args=(REPO, tiny(mnist_dir, interrupted, **strategy), 3))
+    runner.start()
+    deadline = time.time() + 300
+    while checkpoint_round(interrupted) < 2 and time.time() < deadline and runner.is_alive():
+        time.sleep(0.02)
+    flower.kill()
+    runner.join()
+    killed_at = checkpoint_round(interrupted)
+    assert 2 <= killed_at < 4, f"the kill should land in round 3 or 4, checkpoint holds round {killed_at}"
+    assert json.loads((interrupted / "metrics.json").read_text())["status"] == "running"
+
+    done = flower.run(REPO, tiny(mnist_dir, interrupted, resume=True, **strategy), 3)
+    report = json.loads((interrupted / "metrics.json").read_text())
+    assert report["status"] == "completed", done.output[-4000:]
+    assert f"Resumed from the checkpoint of round {killed_at}" in done.output
+    assert report["resumed"][0]["from-round"] == killed_at
+    assert rounds_without_timing(interrupted) == rounds_without_timing(first)
+    assert (interrupted / "model.pt").read_bytes() == (first / "model.pt").read_bytes()
+
+
+def test_resume_refuses_another_configuration_and_extends_a_finished_run(flower, mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    config = tiny(mnist_dir, out, **{"num-rounds": 1, "fraction-evaluate": 0.0})
+    assert json.loads((flower.run(REPO, config, 3).output and (out / "metrics.json")).read_text())["status"] \
+        == "completed"
+    flower.run(REPO, config | {"resume": True, "lr": 0.01, "p": 0.5}, 3)
+    latest = flower.runs()[0]
+    assert latest["status"] == "finished:failed"
+    assert "Cannot resume: the run config differs from the checkpoint's in 'lr'" in latest["status-details"]
+    assert "'p': checkpoint 0.7, now 0.5" in latest["status-details"]
+
+    done = flower.run(REPO, config | {"resume": True, "num-rounds": 2}, 3)  # extend a completed run
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["status"] == "completed", done.output[-4000:]
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert report["config"]["num-rounds"] == 2
