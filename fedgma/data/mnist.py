@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import hashlib
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -79,9 +80,28 @@ def _download_with_torchvision(root: Path, split: str) -> tuple[np.ndarray, np.n
     try:
         with (root / ".download.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            _check_cached_md5(root / "MNIST" / "raw", MNIST.resources)
             dataset = MNIST(str(root), train=split == "train", download=True)
+    except DataError:
+        raise
     except Exception as problem:  # noqa: BLE001 - any download failure gets the same advice
         raise DataError(f"Could not download MNIST with torchvision into {root} ({problem}). Offline, set "
                         f"the run-config key data-dir to a folder holding the four MNIST IDX .gz files, or "
                         f"copy them to {root / 'MNIST' / 'raw'}.") from problem
     return dataset.data.numpy(), dataset.targets.numpy()
+
+
+def _check_cached_md5(raw: Path, resources: list[tuple[str, str]]) -> None:
+    """A cached download whose md5 differs from torchvision's is named, not silently re-fetched.
+
+    torchvision would treat it as absent and try the network (and offline, fail
+    without saying which file was wrong).
+    """
+    for name, md5 in resources:
+        path = raw / name
+        if path.is_file():
+            found = hashlib.md5(path.read_bytes()).hexdigest()
+            if found != md5:
+                raise DataError(f"MNIST file {path} has md5 {found}, expected {md5} (torchvision's); it is "
+                                "damaged or another file. Delete it to download it again, or replace it with the "
+                                "canonical file.")

@@ -5,19 +5,24 @@
     plot FOLDER... --out O    accuracy, mask density and agreement plots (PNG)
     table FOLDER... --out O   summary table (summary.md and summary.csv)
     report GRID               plot + table of a grid's results into docs/results/<grid>/
+    config FILE [KEY=VALUE..] a config file plus overrides as one ``flwr run --run-config`` string
+                              (Flower itself does not combine a file with key=value pairs)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 
 from ..settings import ConfigError
+from ..local_flower import run_config_arg
+from ..settings import Settings
 from .grid import REPO, available_grids, load_grid
 from .plots import plot_all
 from .results import group_runs, load_runs, summary_rows, to_csv, to_markdown
-from .runner import run_grid, run_state
+from .runner import run_grid, run_state, stop_on_sigterm
 
 RESULTS = REPO / "results"
 DOCS = REPO / "docs" / "results"
@@ -36,6 +41,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
+    stop_on_sigterm()
     outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60)
     failed = [o for o in outcomes if o.status not in ("completed", "skipped")]
     print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already done; "
@@ -61,6 +67,21 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
     if plots:
         written += plot_all(groups, out, title)
     print(f"{len(runs)} runs in {len(groups)} configurations -> {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    config = tomllib.loads(args.file.read_text()) if args.file.suffix == ".toml" else {}
+    for pair in ([] if args.file.suffix == ".toml" else [str(args.file)]) + args.overrides:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"'{pair}' is not KEY=VALUE")
+        try:
+            config[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            config[key] = value  # a bare string such as a path
+    Settings.from_run_config(config)
+    print(run_config_arg(config))
     return 0
 
 
@@ -94,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("grid")
     report.add_argument("--out", type=Path, default=None)
     report.set_defaults(func=_report)
+    configure = commands.add_parser("config", help="a config file + KEY=VALUE overrides as one --run-config string")
+    configure.add_argument("file", type=Path, help="a .toml run config (e.g. configs/seed-repo.toml)")
+    configure.add_argument("overrides", nargs="*", help="KEY=VALUE pairs that replace the file's values")
+    configure.set_defaults(func=_config)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

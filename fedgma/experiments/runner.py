@@ -60,7 +60,6 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
     """Run every run of ``grid`` whose name contains ``only``; skip finished ones."""
     runs = [run for run in grid.runs if only in run.name]
     outcomes: list[Outcome] = []
-    _stop_on_sigterm()
     owned = flower is None
     flower = flower or LocalFlower()
     try:
@@ -107,7 +106,7 @@ def _final_status(folder: Path) -> str:
         return "failed: no metrics.json (see the output above)"
 
 
-def _stop_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     """A terminated runner still stops the Flower processes it started (``finally`` runs)."""
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,166 @@
+"""The experiment runner, the results table and plots, and the seed repository's preprocessing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from fedgma.data import client_data
+from fedgma.data import test_sets as server_test_sets
+from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
+from fedgma.experiments.__main__ import main
+from fedgma.experiments.grid import load_grid
+from fedgma.experiments.results import group_runs, load_runs, summary_rows
+from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
+from fedgma.local_flower import LocalFlower
+from fedgma.outputs import CHECKPOINT
+from fedgma.settings import ConfigError, Settings
+from fedgma.training import to_input
+
+
+# --- grids as data --------------------------------------------------------------------------------
+def test_grid_expands_vary_in_order_with_seed_last_in_names(tmp_path):
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text('supernodes = 4\n[config]\nnum-rounds = 2\n[vary]\nseed = [0, 1]\n'
+                         'strategy = ["fedavg", "fedgma"]\n[[variants]]\nname = "plain"\n[[variants]]\n'
+                         'name = "p05"\np = 0.5\n')
+    grid = load_grid(str(grid_file))
+    assert [r.name for r in grid.runs][:4] == ["variant=plain__strategy=fedavg__seed=0",
+                                               "variant=p05__strategy=fedavg__seed=0",
+                                               "variant=plain__strategy=fedgma__seed=0",
+                                               "variant=p05__strategy=fedgma__seed=0"]
+    assert len(grid.runs) == 8 and all(r.supernodes == 4 for r in grid.runs)
+    assert grid.runs[1].config == {"num-rounds": 2, "p": 0.5, "seed": 0, "strategy": "fedavg"}
+    assert grid.runs[1].group == "variant=p05__strategy=fedavg"
+
+
+def test_a_bad_grid_fails_before_anything_runs(tmp_path):
+    grid_file = tmp_path / "bad.toml"
+    grid_file.write_text('[vary]\nlr = [0.1, -1.0]\n')
+    with pytest.raises(ConfigError, match="Run-config key 'lr'"):
+        load_grid(str(grid_file))
+    with pytest.raises(ConfigError, match="No grid 'nope'"):
+        load_grid("nope")
+
+
+def test_committed_grids_are_valid():
+    for name in ("seed-repo", "smoke"):
+        assert load_grid(name).runs
+
+
+# --- tables and plots from output folders -----------------------------------------------------------
+def fake_run(folder, seed, ood, density=None, **config):
+    rows = [{"round": r, "ood-accuracy": acc, "id-accuracy": 0.8, **({"mask-density": density,
+            "mean-agreement": 0.5, "mask-density/w": density} if density is not None and r else {})}
+            for r, acc in enumerate(ood)]
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "status": "completed", "config": {"seed": seed, "num-rounds": len(ood) - 1, "output-dir": str(folder),
+                                          **config},
+        "num-clients": 10, "wall-seconds": 120.0, "rounds": rows}))
+
+
+def test_table_and_plots_from_output_folders(tmp_path):
+    fake_run(tmp_path / "runs" / "a0", 0, [0.5, 0.55, 0.65, 0.72], strategy="fedavg")
+    fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg")
+    fake_run(tmp_path / "runs" / "b0", 0, [0.5, 0.4, 0.5, 0.59], density=0.25, strategy="fedgma")
+    (tmp_path / "runs" / "unfinished").mkdir()
+    (tmp_path / "runs" / "unfinished" / "metrics.json").write_text(json.dumps(
+        {"status": "running", "config": {"seed": 5, "strategy": "fedavg"}, "rounds": []}))
+    groups = group_runs(load_runs([tmp_path / "runs"]))
+    assert [(g.label, len(g.runs)) for g in groups] == [("strategy=fedavg", 2), ("strategy=fedgma", 1)]
+    fedavg, fedgma = summary_rows(groups)
+    assert fedavg["final-ood-mean"] == pytest.approx(0.70) and fedavg["final-ood-std"] == pytest.approx(0.0282843, 1e-5)
+    assert fedavg["best-ood-mean"] == pytest.approx(0.70)
+    assert fedavg["rounds-to-0.6"] == pytest.approx(1.5) and fedavg["reached-0.7"] == 1
+    assert fedgma["reached-0.6"] == 0 and fedgma["mask-density-mean"] == pytest.approx(0.25)
+    assert fedavg["wall-minutes-mean"] == pytest.approx(2.0) and fedavg["num-clients"] == 10
+
+    assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
+    markdown = (tmp_path / "table" / "summary.md").read_text()
+    assert "| strategy=fedavg | 2 | 0.7000 ± 0.0283 | 0.7000 ± 0.0283 |" in markdown
+    assert "| 1.5 | 3.0 (1/2) |" in markdown and "| never | never | 0.250 |" in markdown
+    assert (tmp_path / "table" / "summary.csv").read_text().startswith("configuration,n,")
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
+    for name in ("accuracy.png", "mask.png", "mask_layers.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    assert main(["table", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_config_command_joins_a_file_and_overrides(capsys):
+    assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "output-dir=/tmp/x", "resume=true"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert "num-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
+    assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "lr=abc"]) == 2
+
+
+# --- the runner resumes a grid -------------------------------------------------------------------
+@pytest.mark.simulation
+def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mnist_dir, capsys):
+    grid_file = tmp_path / "tiny.toml"
+    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\nmax-client-examples = 300\n'
+                         'max-test-examples = 200\nmin-available-nodes = 3\n[vary]\nseed = [0, 1]\n')
+    grid, results = load_grid(str(grid_file)), tmp_path / "results"
+    first, second = (results / "tiny" / run.name for run in grid.runs)
+    with LocalFlower() as flower:
+        runner = threading.Thread(target=run_grid, args=(grid, results, str(mnist_dir)), kwargs={"flower": flower})
+        runner.start()
+        deadline = time.time() + 400
+        while time.time() < deadline and runner.is_alive() and not (second / CHECKPOINT).exists():
+            time.sleep(0.05)
+        flower.kill()  # the grid is interrupted while its second run trains
+        runner.join()
+    assert run_state(first, 3) == COMPLETED and run_state(second, 3) == INTERRUPTED
+    outcomes = run_grid(grid, results, str(mnist_dir))
+    assert [o.state for o in outcomes] == [COMPLETED, INTERRUPTED]
+    assert [o.status for o in outcomes] == ["skipped", "completed"]
+    report = json.loads((second / "metrics.json").read_text())
+    assert report["resumed"] and [r["round"] for r in report["rounds"]] == [0, 1, 2, 3]
+    assert "already completed, skipped" in capsys.readouterr().out
+    assert run_state(tmp_path / "nothing", 3) == NEW
+
+
+# --- the seed repository's preprocessing -------------------------------------------------------------
+def seed_repo_picture(image: np.ndarray, red: bool) -> np.ndarray:
+    """What the seed repository does to one image, written out literally."""
+    zero = np.zeros_like(image)
+    rgb = np.stack((image, zero, zero) if red else (zero, image, zero), axis=2)  # (28, 28, 3)
+    return rgb.reshape((3, 28, 28))  # its reshape, not a permute
+
+
+def test_seed_repo_colouring_matches_hand_built_pictures():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    digits = np.array([3, 5, 7, 5])
+    never, always = color_seed_repo(images, digits, 0.0, rng), color_seed_repo(images, digits, 1.0, rng)
+    expected_never = [True, False, False, False]  # 0-4 red, 6-9 green, 5 green
+    expected_always = [False, False, True, False]  # swapped, but 5 stays green
+    for i in range(4):
+        assert np.array_equal(never[0][i], seed_repo_picture(images[i], expected_never[i]))
+        assert np.array_equal(always[0][i], seed_repo_picture(images[i], expected_always[i]))
+    assert list(never[1]) == [0, 1, 1, 1]
+    test_pictures, _ = color_seed_repo_test(images, digits)
+    for i, red in enumerate([False, True, True, True]):  # every colour reversed: 0-4 green, 5-9 red
+        assert np.array_equal(test_pictures[i], seed_repo_picture(images[i], red))
+    # The reshape scrambles: plane 0 of a red picture is not the digit, it interleaves pixels and zeros.
+    assert not np.array_equal(never[0][0][0], images[0])
+    assert np.array_equal(never[0][0].reshape(-1)[0::3], images[0].reshape(-1))
+
+
+def test_seed_repo_inputs_are_raw_pixels(mnist_dir):
+    s = Settings.from_run_config({"data-dir": str(mnist_dir), "preprocessing": "seed-repo",
+                                  "max-client-examples": 20, "max-test-examples": 50})
+    data = client_data(s, 0, 10)
+    assert data.pixel_divisor == 1.0 and to_input(torch.from_numpy(data.images), data.pixel_divisor).max() > 200
+    assert server_test_sets(s)["ood"].flip == 1.0
+    clean = client_data(Settings.from_run_config({"data-dir": str(mnist_dir), "max-client-examples": 20}), 0, 10)
+    assert to_input(torch.from_numpy(clean.images), clean.pixel_divisor).max() <= 1.0
+    with pytest.raises(ConfigError, match="'preprocessing' = 'seed-repo' needs task='binary'"):
+        Settings.from_run_config({"preprocessing": "seed-repo", "task": "multiclass"})
