@@ -53,7 +53,7 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> int:
     """Write ``checkpoint.pt`` atomically; returns its size in bytes."""
     path = folder / CHECKPOINT
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(vars(checkpoint), tmp)
+    torch.save(vars(checkpoint), tmp, pickle_protocol=4)  # protocol 4 stores NumPy arrays as raw bytes
     os.replace(tmp, path)
     return path.stat().st_size
 
