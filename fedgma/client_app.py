@@ -1,4 +1,9 @@
-"""Flower ClientApp: local training and local evaluation on one colored-MNIST partition.
+"""Flower ClientApp: the colored-MNIST NumPyClient, served to Message-API strategies.
+
+The client itself is a ``NumPyClient`` (:class:`fedgma.numpy_client.ColoredMnistClient`),
+as most Flower code is written; :class:`fedgma.adapter.NumPyClientAdapter` turns
+its ``fit`` / ``evaluate`` into the ``@app.train`` / ``@app.evaluate`` replies the
+strategies expect (FedGMA's last local gradient included).
 
 The partition comes from ``context.node_config`` (``partition-id``,
 ``num-partitions``), which the simulation engine sets for each virtual SuperNode
@@ -16,18 +21,14 @@ import os
 from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Context
 
+from .adapter import NumPyClientAdapter
 from .data import client_data, num_classes
 from .model import build_model
-from .records import encode
+from .numpy_client import ColoredMnistClient
 from .settings import ConfigError, Settings
-from .strategies.fedgma import SEND_GRADIENT
-from .strategies.replies import CLIENT, GRADIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
-from .training import evaluate, prepare_model, shuffle_seed, train_local
-
-app = ClientApp()
+from .training import prepare_model
 
 
 @lru_cache(maxsize=8)
@@ -76,59 +77,15 @@ def cpus_for_this_client(settings: Settings) -> int:
     return os.cpu_count() or 1
 
 
-def _prepare(msg: Message, context: Context) -> tuple[Settings, int, int, torch.nn.Module]:
+def client_fn(context: Context) -> ColoredMnistClient:
+    """This node's colored-MNIST NumPyClient (cached data and model; torch threads set)."""
     settings = settings_of(context)
     pid, count = partition_of(context)
     threads = cpus_for_this_client(settings)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    model = _model(num_classes(settings.task))
-    model.load_state_dict(msg.content[WEIGHTS].to_torch_state_dict())
-    return settings, pid, count, model
+    return ColoredMnistClient(settings, pid, _model(num_classes(settings.task)), client_data(settings, pid, count))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train E local epochs from the received global weights and reply with the new weights.
-
-    Adds the last local gradient as a second ArrayRecord when the strategy asks
-    for it (``send-gradient`` in the train config, FedGMA), and FedProx's proximal
-    term when the config carries ``proximal-mu``.
-    """
-    settings, pid, count, model = _prepare(msg, context)
-    config = msg.content["config"]
-    result = train_local(model, client_data(settings, pid, count), settings.local_epochs, settings.batch_size,
-                         settings.optimizer, settings.lr, proximal_mu=float(config.get("proximal-mu", 0.0)),
-                         shuffle_seed=shuffle_seed(settings.seed, pid, int(config.get("server-round", 0))),
-                         precision=settings.precision)
-    content = RecordDict({
-        WEIGHTS: ArrayRecord(model.state_dict()),
-        "metrics": MetricRecord({NUM_EXAMPLES: result.num_examples, "train-loss": result.loss,
-                                 "train-accuracy": result.accuracy}),
-        CLIENT: _who(pid),
-    })
-    if config.get(SEND_GRADIENT, False):
-        content[GRADIENT] = encode(result.last_gradient)
-    return Message(content=content, reply_to=msg)
-
-
-@app.evaluate()
-def evaluate_local(msg: Message, context: Context) -> Message:
-    """Loss and accuracy of the received global model on this client's own data."""
-    settings, pid, count, model = _prepare(msg, context)
-    data = client_data(settings, pid, count)
-    loss, accuracy = evaluate(model, data, precision=settings.precision)
-    metrics = MetricRecord({NUM_EXAMPLES: len(data.labels), "local-loss": loss, "local-accuracy": accuracy})
-    return Message(content=RecordDict({"metrics": metrics, CLIENT: _who(pid)}), reply_to=msg)
-
-
-@app.query()
-def who_am_i(msg: Message, context: Context) -> Message:
-    """This node's partition id, so the server can sample and aggregate in a fixed order."""
-    pid, _ = partition_of(context)
-    return Message(content=RecordDict({CLIENT: _who(pid)}), reply_to=msg)
-
-
-def _who(partition_id: int) -> ConfigRecord:
-    """The ``client`` record of every reply: the server orders replies by it (see ReplyGuard)."""
-    return ConfigRecord({PARTITION_ID: partition_id})
+adapter = NumPyClientAdapter(client_fn)
+app = adapter.app()

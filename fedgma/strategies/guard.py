@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,21 @@ class PartitionOrderedGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+#: What a legacy ``ClientApp(client_fn=...)`` answers to a Message-API train or evaluate message.
+LEGACY_CLIENT_SIGNS = ("fitins.parameters", "evaluateins.parameters")
+
+
+def diagnose_api_mismatch(screened: ScreenedReplies) -> str | None:
+    """The likely cause and fix when every reply failed because the client speaks the legacy API."""
+    if screened.accepted or not screened.failed or not any(
+            sign in reason for reason in screened.reasons for sign in LEGACY_CLIENT_SIGNS):
+        return None
+    return ("every client failed with KeyError 'fitins.parameters': the ClientApp is a legacy "
+            "ClientApp(client_fn=...) serving a NumPyClient, which cannot answer this Message-API strategy. "
+            "Build it with `app = fedgma.clientapp_from_numpy_client(client_fn)` instead of "
+            "`ClientApp(client_fn=client_fn)` (README: 'Bring your own NumPyClient').")
 
 
 def sampling_seed(seed: int, server_round: int, phase: str) -> int:
@@ -146,6 +161,10 @@ class ReplyGuard(Strategy):
                 arrays = cast_like(arrays, self.current_arrays)
         if arrays is None:
             log(WARNING, "Round %d: %s (%s).", server_round, outcome, screened.counts())
+        diagnosis = diagnose_api_mismatch(screened)
+        if diagnosis:
+            log(ERROR, "Round %d: %s", server_round, diagnosis)
+            self.notes.setdefault(server_round, {})["diagnosis"] = diagnosis
         metrics = MetricRecord(dict(metrics or {}) | screened.counts() | {"clients-connected": self.connected})
         self.train_metrics[server_round] = metrics
         self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons})

@@ -13,6 +13,7 @@ can neither crash the ServerApp nor corrupt the global model.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
     candidates = []
     for message in replies:
         if message.has_error():
-            screened.fail(f"{label(message)} failed: {message.error.reason}")
+            screened.fail(f"{label(message)} failed: {short_reason(message.error.reason)}")
             continue
         try:
             candidates.append(_accept(message, reference, records if reference is not None else ()))
@@ -94,6 +95,13 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
         else:
             screened.accepted.append(candidate)
     return screened
+
+
+def short_reason(text: str, limit: int = 300) -> str:
+    """The last line of an error reason (a whole Ray traceback, with colour codes, otherwise)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text or "").splitlines() if line.strip()]
+    last = lines[-1].rstrip("'>") if lines else "no reason given"
+    return last if len(last) <= limit else last[:limit] + "..."
 
 
 def _metric_names(message: Message) -> frozenset[str]:

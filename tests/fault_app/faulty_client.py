@@ -28,7 +28,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round, partition = _round_and_partition(msg, context)
     if server_round == 2 or (server_round == 1 and partition == 1):
         raise RuntimeError(f"injected crash in train, partition {partition}")
-    answer = ours.train(msg, context)
+    answer = ours.adapter.train(msg, context)
     if server_round == 1 and partition == 2:
         weights = answer.content["arrays"]
         answer.content["arrays"] = ArrayRecord({n: Array(a.numpy().astype("float64")) for n, a in weights.items()})
@@ -40,11 +40,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round, partition = _round_and_partition(msg, context)
     if server_round == 1 and partition == 1:
         raise RuntimeError(f"injected crash in evaluate, partition {partition}")
-    answer = ours.evaluate_local(msg, context)
+    answer = ours.adapter.evaluate(msg, context)
     if server_round == 1 and partition == 2:
         metrics = dict(answer.content["metrics"]) | {"local-accuracy": float("nan")}
         answer.content["metrics"] = MetricRecord(metrics)
     return answer
 
 
-app.query()(ours.who_am_i)
+app.query()(ours.adapter.query)

@@ -1,0 +1,141 @@
+"""Serve this project's Message-API strategies with any Flower ``NumPyClient``.
+
+Most Flower code trains with a ``NumPyClient`` (``get_parameters`` / ``fit`` /
+``evaluate``). Flower's legacy ``ClientApp(client_fn=...)`` cannot answer a
+Message-API strategy (every reply fails with ``KeyError: 'fitins.parameters'``),
+so this module drives the NumPyClient from ``@app.train`` / ``@app.evaluate``
+handlers and packs what it returns as Message-API records::
+
+    from fedgma import clientapp_from_numpy_client
+
+    def client_fn(context):            # your existing function
+        return MyNumPyClient(...)
+
+    app = clientapp_from_numpy_client(client_fn)   # instead of ClientApp(client_fn=client_fn)
+
+Per reply: the ``arrays`` ArrayRecord (the layer names the server sent, in its
+order), a ``metrics`` MetricRecord (``num-examples`` plus the client's numeric
+metrics), and, when the node config has ``partition-id``, a ``client``
+ConfigRecord that lets the server aggregate in a fixed order. FedGMA's gradient
+direction also needs the client's last local gradient: a ``last_gradient``
+attribute (a list of arrays in ``get_parameters`` order) set by ``fit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from .strategies.fedgma import SEND_GRADIENT
+from .strategies.replies import CLIENT, GRADIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
+
+ClientFn = Callable[[Context], NumPyClient]
+
+
+class NumPyClientAdapter:
+    """Message-API handlers that drive the NumPyClient ``client_fn(context)`` returns."""
+
+    def __init__(self, client_fn: ClientFn) -> None:
+        self.client_fn = client_fn
+
+    def app(self) -> ClientApp:
+        """A ``ClientApp`` with this adapter's train, evaluate and query handlers."""
+        app = ClientApp()
+        app.train()(self.train)
+        app.evaluate()(self.evaluate)
+        app.query()(self.query)
+        return app
+
+    def train(self, msg: Message, context: Context) -> Message:
+        client = self._client(context)
+        names, parameters = _unpack(msg.content[WEIGHTS])
+        config = _plain_config(msg)
+        weights, num_examples, metrics = _check_triple(client.fit(parameters, config), client, "fit")
+        content = RecordDict({WEIGHTS: _pack(names, weights, client, "fit"),
+                              "metrics": _metric_record(num_examples, metrics, client)})
+        if config.get(SEND_GRADIENT, False):
+            gradient = getattr(client, "last_gradient", None)
+            if gradient is None:
+                raise ValueError(f"FedGMA with fedgma-direction='gradient' needs the last local gradient, but "
+                                 f"{type(client).__name__} has no 'last_gradient' attribute: set "
+                                 f"self.last_gradient (a list of arrays in get_parameters order) in fit, or run "
+                                 f"with fedgma-direction='pseudo-gradient', which needs nothing from the client.")
+            content[GRADIENT] = _pack(names, gradient, client, "last_gradient")
+        return self._reply(msg, content, context)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        client = self._client(context)
+        _, parameters = _unpack(msg.content[WEIGHTS])
+        loss, num_examples, metrics = _check_triple(client.evaluate(parameters, _plain_config(msg)), client,
+                                                    "evaluate")
+        record = _metric_record(num_examples, {"local-loss": loss} | dict(metrics), client)
+        return self._reply(msg, RecordDict({"metrics": record}), context)
+
+    def query(self, msg: Message, context: Context) -> Message:
+        """The node's partition id, asked once by the server when it samples clients."""
+        return self._reply(msg, RecordDict(), context)
+
+    def _client(self, context: Context) -> NumPyClient:
+        client = self.client_fn(context)
+        if not isinstance(client, NumPyClient):
+            raise TypeError(f"client_fn must return a flwr.client.NumPyClient, got {type(client).__name__}")
+        return client
+
+    @staticmethod
+    def _reply(msg: Message, content: RecordDict, context: Context) -> Message:
+        partition = context.node_config.get(PARTITION_ID)
+        if isinstance(partition, int) and not isinstance(partition, bool):
+            content[CLIENT] = ConfigRecord({PARTITION_ID: partition})
+        return Message(content=content, reply_to=msg)
+
+
+def clientapp_from_numpy_client(client_fn: ClientFn) -> ClientApp:
+    """A ``ClientApp`` that serves this project's strategies with your ``client_fn(context) -> NumPyClient``."""
+    return NumPyClientAdapter(client_fn).app()
+
+
+def _unpack(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
+    """Layer names and writable NumPy arrays (a client may change them in place)."""
+    return list(record.keys()), [array.numpy() for array in record.values()]
+
+
+def _plain_config(msg: Message) -> dict[str, Any]:
+    record = msg.content.config_records.get("config")
+    return dict(record) if record is not None else {}
+
+
+def _check_triple(result: Any, client: NumPyClient, method: str) -> tuple:
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise TypeError(f"{type(client).__name__}.{method} must return a tuple of three (see flwr.client.NumPyClient), "
+                        f"got {type(result).__name__}")
+    return result
+
+
+def _pack(names: list[str], arrays: list[np.ndarray], client: NumPyClient, what: str) -> ArrayRecord:
+    arrays = list(arrays)
+    if len(arrays) != len(names):
+        raise ValueError(f"{type(client).__name__}.{what} gave {len(arrays)} arrays; the server sent {len(names)} "
+                         f"({', '.join(names)})")
+    return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in zip(names, arrays)})
+
+
+def _metric_record(num_examples: Any, metrics: dict[str, Any], client: NumPyClient) -> MetricRecord:
+    """``num-examples`` plus the numeric metrics; others (text, bytes) cannot travel in a MetricRecord."""
+    numeric = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numeric[key] = value
+        else:
+            log(WARNING, "%s: metric '%s' (%s) is not a number and is not sent.", type(client).__name__, key,
+                type(value).__name__)
+    if isinstance(num_examples, float) and math.isfinite(num_examples) and num_examples.is_integer():
+        num_examples = int(num_examples)
+    return MetricRecord(numeric | {NUM_EXAMPLES: num_examples})
