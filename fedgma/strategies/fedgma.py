@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..records import encode
 from .guard import ReplyGuard
-from .masking import hard_mask, mask_statistics, sign_agreement, weighted_mean
+from .masking import fedgma_layer, mask_statistics
 from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 #: Train-config flag that asks the ClientApp for its last local gradient.
@@ -89,16 +89,9 @@ class FedGMA(ReplyGuard):
         sign_weights = weights if self.weighted_agreement else None
         new_arrays, masks, agreements = {}, {}, {}
         for name, reference in self.current_arrays.items():
-            client_weights = [r.arrays[WEIGHTS][name] for r in replies]
-            mean_weights = weighted_mean(client_weights, weights)
-            if self.direction == "gradient":
-                gradients = [r.arrays[GRADIENT][name] for r in replies]
-                agreements[name] = sign_agreement(gradients, sign_weights)
-                mean_direction = weighted_mean(gradients, weights)
-            else:  # w_t - w_k: same agreement as the updates' signs, mean w_t - w_bar
-                agreements[name] = sign_agreement(client_weights, sign_weights, reference=reference)
-                mean_direction = reference - mean_weights
-            masks[name] = hard_mask(agreements[name], self.p)
-            new_arrays[name] = mean_weights - self.server_lr * (masks[name] * mean_direction)
+            gradients = [r.arrays[GRADIENT][name] for r in replies] if self.direction == "gradient" else None
+            new_arrays[name], masks[name], agreements[name] = fedgma_layer(
+                reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.p, self.server_lr,
+                gradients, sign_weights)
         metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
         return encode(new_arrays), MetricRecord(dict(metrics) | mask_statistics(masks, agreements))

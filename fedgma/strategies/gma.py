@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..records import encode
 from .guard import ReplyGuard
-from .masking import apply_mask_to_update, build_mask, mask_statistics, sign_agreement, weighted_mean
+from .masking import gma_layer, mask_statistics
 from .replies import NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 
@@ -83,10 +83,8 @@ class GMA(ReplyGuard):
         sign_weights = weights if self.weighted_agreement else None
         masked_mean, masks, agreements = {}, {}, {}
         for name, reference in self.current_arrays.items():
-            client_weights = [r.arrays[WEIGHTS][name] for r in replies]
-            agreements[name] = sign_agreement(client_weights, sign_weights, reference=reference)
-            masks[name] = build_mask(agreements[name], self.tau, self.mask)
-            masked_mean[name] = apply_mask_to_update(reference, weighted_mean(client_weights, weights), masks[name])
+            masked_mean[name], masks[name], agreements[name] = gma_layer(
+                reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau, self.mask, sign_weights)
         aggregate = replies[0].message  # reused as the carrier of the masked mean
         metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
         for key in list(aggregate.content.metric_records):

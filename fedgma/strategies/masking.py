@@ -113,6 +113,38 @@ def apply_mask_to_update(reference: np.ndarray, client: np.ndarray, mask: np.nda
     return out
 
 
+def fedgma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
+                 threshold: float, server_lr: float, gradients: Sequence[np.ndarray] | None = None,
+                 sign_weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer of FedGMA (workshop version): (w_{t+1}, mask, agreement).
+
+    w_{t+1} = w_bar - server_lr * m * d_bar, with w_bar the weighted mean of the
+    clients' weights and d_bar the weighted mean direction: the clients' last
+    gradients g_k when given (the paper), else the pseudo-gradient w_t - w_bar (its
+    signs are those of w_t - w_k, computed without forming the differences); m is
+    the hard mask of the direction's sign agreement at ``threshold``.
+    """
+    mean_weights = weighted_mean(client_weights, example_weights)
+    if gradients is not None:
+        agreement = sign_agreement(gradients, sign_weights)
+        direction = weighted_mean(gradients, example_weights)
+    else:
+        agreement = sign_agreement(client_weights, sign_weights, reference=reference)
+        direction = reference - mean_weights
+    mask = hard_mask(agreement, threshold)
+    return mean_weights - server_lr * (mask * direction), mask, agreement
+
+
+def gma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
+              threshold: float, kind: str, sign_weights: Sequence[float] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer of GMA (journal version): (w_t + m * (w_bar - w_t), mask, agreement), m the ``kind``
+    mask of the sign agreement of the updates w_k - w_t at ``threshold``."""
+    agreement = sign_agreement(client_weights, sign_weights, reference=reference)
+    mask = build_mask(agreement, threshold, kind)
+    return apply_mask_to_update(reference, weighted_mean(client_weights, example_weights), mask), mask, agreement
+
+
 def mask_statistics(masks: dict[str, np.ndarray], agreements: dict[str, np.ndarray]) -> dict[str, float]:
     """Round diagnostics: the fraction of coordinates fully kept (``mask-density``,
     overall and ``mask-density/<layer>``), the mean mask value (``mask-mean``,

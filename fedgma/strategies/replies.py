@@ -116,28 +116,37 @@ def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: 
     for key, record in content.array_records.items():
         if list(record.keys()) != list(reference):
             raise ValueError(f"ArrayRecord '{key}' has layers {list(record.keys())}, expected {list(reference)}")
-        decoded = decode(record)
-        for name, array in decoded.items():
-            expected = reference[name]
-            if array.shape != expected.shape:
-                raise ValueError(f"'{key}/{name}' has shape {array.shape}, expected {expected.shape}")
-            if array.dtype != expected.dtype:
-                raise ValueError(f"'{key}/{name}' has dtype {array.dtype}, expected {expected.dtype}")
-            if not np.isfinite(array).all():
-                raise ValueError(f"'{key}/{name}' contains NaN or Inf")
-        arrays[key] = decoded
+        arrays[key] = check_arrays(key, decode(record), reference)
     if len(content.metric_records) != 1:
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
-    num_examples = metrics.get(NUM_EXAMPLES)
-    if (isinstance(num_examples, bool) or not isinstance(num_examples, (int, float))
-            or not math.isfinite(num_examples) or not num_examples > 0):
-        raise ValueError(f"'{NUM_EXAMPLES}' must be a positive finite number, got {num_examples!r}")
+    num_examples = check_num_examples(metrics.get(NUM_EXAMPLES))
     for name, value in metrics.items():
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             raise ValueError(f"metric '{name}' is not finite: {value!r}")
-    return AcceptedReply(message, arrays, float(num_examples))
+    return AcceptedReply(message, arrays, num_examples)
+
+
+def check_arrays(key: str, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` if every layer has the shape and dtype of ``reference``'s and only finite values; else ValueError."""
+    for name, array in arrays.items():
+        expected = reference[name]
+        if array.shape != expected.shape:
+            raise ValueError(f"'{key}/{name}' has shape {array.shape}, expected {expected.shape}")
+        if array.dtype != expected.dtype:
+            raise ValueError(f"'{key}/{name}' has dtype {array.dtype}, expected {expected.dtype}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"'{key}/{name}' contains NaN or Inf")
+    return arrays
+
+
+def check_num_examples(value: object) -> float:
+    """A usable ``num-examples`` (a positive finite number) as float; else ValueError."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not value > 0):
+        raise ValueError(f"'{NUM_EXAMPLES}' must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def reported_partition(message: Message) -> int | None:

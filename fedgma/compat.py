@@ -1,0 +1,205 @@
+"""FedGMA and GMA for Flower's legacy strategy API (``flwr.server.strategy``).
+
+For server apps written with ``ServerApp(server_fn=...)`` and the legacy
+strategies (all of Flower's published baselines). Same math as the Message-API
+strategies (the per-layer functions of :mod:`fedgma.strategies.masking`) and the
+same screening (:func:`~fedgma.strategies.replies.check_arrays`,
+:func:`~fedgma.strategies.replies.check_num_examples`): failures and malformed
+results are counted with their reasons and never aggregated.
+
+* :class:`LegacyGMA` wraps FedAvg, FedProx, FedAvgM, FedAdam, FedYogi or FedAdagrad
+  (legacy): it hands the wrapped strategy one result holding the masked mean
+  w_t + m * (w_bar - w_t) with the clients' total number of examples, whose
+  weighted mean is itself, so the wrapped server update runs on the masked mean.
+* :class:`LegacyFedGMA` is the workshop algorithm. Legacy results carry one list
+  of arrays, so with ``direction="gradient"`` it asks clients (fit config
+  ``append-gradient``) to return their last local gradient after their weights.
+"""
+
+from __future__ import annotations
+
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.common import (Code, FitIns, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters,
+                         parameters_to_ndarrays)
+from flwr.common.logger import log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg, Strategy
+
+from .strategies.masking import fedgma_layer, gma_layer, mask_statistics
+from .strategies.replies import PARTITION_ID, ScreenedReplies, check_arrays, check_num_examples, short_reason
+
+#: Fit-config flag that asks a legacy client to append its last local gradient to its weights.
+APPEND_GRADIENT = "append-gradient"
+
+Result = tuple[ClientProxy, FitRes]
+
+
+class LegacyGuard(Strategy):
+    """Screens, orders and counts legacy fit results before ``aggregate_accepted``.
+
+    ``train_metrics`` and ``notes`` per round (counts, mask statistics, reasons)
+    serve the same bookkeeping as :class:`~fedgma.strategies.ReplyGuard`.
+    """
+
+    arrays_per_layer = 1  # 2 when clients append their gradients
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        self.current: list[np.ndarray] = []
+        self.sent = 0
+        self.round_offset = 0  # the legacy path has no resume; kept for the shared bookkeeping
+        self.train_metrics: dict[int, dict[str, Scalar]] = {}
+        self.evaluate_metrics: dict[int, dict[str, Scalar]] = {}
+        self.notes: dict[int, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.strategy).__name__})"
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.current = parameters_to_ndarrays(parameters)
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        self.sent = len(instructions)
+        return instructions
+
+    def aggregate_fit(self, server_round: int, results: list[Result],
+                      failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        screened, accepted = self._screen(results, failures)
+        parameters, metrics, outcome = None, {}, "aggregated"
+        if not accepted:
+            outcome = f"kept the previous model: 0 of {self.sent} replies accepted"
+        else:
+            parameters, metrics = self.aggregate_accepted(server_round, accepted, failures)
+            arrays = parameters_to_ndarrays(parameters) if parameters is not None else None
+            if arrays is None or not all(np.isfinite(a).all() for a in arrays):
+                parameters, outcome = None, "kept the previous model: no finite aggregate"
+            else:
+                parameters = ndarrays_to_parameters([a.astype(r.dtype) for a, r in zip(arrays, self.current)])
+        if parameters is None:
+            log(WARNING, "Round %d: %s (%s).", server_round, outcome, screened.counts())
+        metrics = dict(metrics) | screened.counts()
+        self.train_metrics[server_round] = metrics
+        self.notes[server_round] = {"outcome": outcome, "reasons": screened.reasons}
+        return parameters, metrics
+
+    def aggregate_accepted(self, server_round: int, accepted: list[tuple[Result, list[np.ndarray]]],
+                           failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Aggregate the screened results; subclasses mask them first."""
+        parameters, metrics = self.strategy.aggregate_fit(server_round, [result for result, _ in accepted], [])
+        return parameters, dict(metrics or {}) | _mean_metrics(accepted)
+
+    def _screen(self, results: list[Result], failures: list) -> tuple[ScreenedReplies, list]:
+        """Accepted (result, arrays) pairs in partition (then client id) order, and the counts."""
+        screened = ScreenedReplies()
+        for failure in failures:
+            reason = str(failure) if isinstance(failure, BaseException) else failure[1].status.message
+            screened.fail(f"a client failed: {short_reason(reason)}")
+        for _ in range(max(0, self.sent - len(results) - len(failures))):
+            screened.fail("a client did not reply before the round timeout")
+        names = [str(i) for i in range(len(self.current))]
+        reference = dict(zip(names, self.current))
+        accepted = []
+        for proxy, fit_res in results:
+            try:
+                arrays = parameters_to_ndarrays(fit_res.parameters)
+                if len(arrays) != len(names) * self.arrays_per_layer:
+                    raise ValueError(f"it holds {len(arrays)} arrays, expected {len(names) * self.arrays_per_layer}")
+                check_arrays("parameters", dict(zip(names, arrays)), reference)
+                if self.arrays_per_layer == 2:
+                    check_arrays("gradient", dict(zip(names, arrays[len(names):])), reference)
+                check_num_examples(fit_res.num_examples)
+                accepted.append(((proxy, fit_res), arrays))
+            except ValueError as problem:
+                screened.reject(f"client {proxy.cid} rejected: {problem}")
+        accepted.sort(key=lambda item: (item[0][1].metrics.get(PARTITION_ID, float("inf")), item[0][0].cid))
+        screened.accepted = accepted
+        return screened, accepted
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        loss, metrics = self.strategy.aggregate_evaluate(server_round, results, failures)
+        self.evaluate_metrics[server_round] = dict(metrics) | {"evaluate-replies-accepted": len(results),
+                                                               "evaluate-replies-failed": len(failures)}
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters):
+        return self.strategy.evaluate(server_round, parameters)
+
+
+def _mean_metrics(accepted: list[tuple[Result, list[np.ndarray]]]) -> dict[str, Scalar]:
+    """Example-weighted mean of the clients' numeric fit metrics."""
+    total = sum(res.num_examples for (_, res), _ in accepted)
+    keys = {k for (_, res), _ in accepted for k, v in res.metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != PARTITION_ID}
+    return {k: sum(res.num_examples * float(res.metrics.get(k, 0.0)) for (_, res), _ in accepted) / total
+            for k in sorted(keys)}
+
+
+class LegacyGMA(LegacyGuard):
+    """GMA (journal version) around a legacy FedAvg-family strategy; see :class:`fedgma.strategies.GMA`."""
+
+    def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
+                 weighted_agreement: bool = False) -> None:
+        if not isinstance(strategy, FedAvg):
+            raise TypeError(f"LegacyGMA wraps legacy FedAvg-family strategies, got {type(strategy).__name__}")
+        if not 0.0 <= tau <= 1.0 or mask not in ("soft", "hard"):
+            raise ValueError(f"LegacyGMA needs tau in [0, 1] and mask 'soft' or 'hard', got {tau}, {mask!r}")
+        super().__init__(strategy)
+        self.tau, self.mask, self.weighted_agreement = tau, mask, weighted_agreement
+
+    def aggregate_accepted(self, server_round, accepted, failures):
+        weights = [res.num_examples for (_, res), _ in accepted]
+        masked, masks, agreements = [], {}, {}
+        for i, reference in enumerate(self.current):
+            layer, masks[str(i)], agreements[str(i)] = gma_layer(
+                reference, [arrays[i] for _, arrays in accepted], weights, self.tau, self.mask,
+                weights if self.weighted_agreement else None)
+            masked.append(layer)
+        (proxy, first), _ = accepted[0]
+        aggregate = FitRes(Status(Code.OK, "masked mean"), ndarrays_to_parameters(masked), int(sum(weights)), {})
+        parameters, inner = self.strategy.aggregate_fit(server_round, [(proxy, aggregate)], [])
+        log(INFO, "LegacyGMA: masked mean of %d results goes to %s", len(accepted), type(self.strategy).__name__)
+        return parameters, dict(inner or {}) | _mean_metrics(accepted) | mask_statistics(masks, agreements)
+
+
+class LegacyFedGMA(LegacyGuard):
+    """FedGMA (workshop version) on the legacy API; see :class:`fedgma.strategies.FedGMA`."""
+
+    def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4, direction: str = "gradient",
+                 weighted_agreement: bool = False) -> None:
+        if not 0.0 <= p <= 1.0 or server_lr < 0 or direction not in ("gradient", "pseudo-gradient"):
+            raise ValueError(f"LegacyFedGMA needs p in [0, 1], server_lr >= 0 and direction 'gradient' or "
+                             f"'pseudo-gradient', got {p}, {server_lr}, {direction!r}")
+        super().__init__(fedavg)
+        self.p, self.server_lr, self.direction, self.weighted_agreement = p, server_lr, direction, weighted_agreement
+        self.arrays_per_layer = 2 if direction == "gradient" else 1
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        for _, fit_ins in instructions:
+            fit_ins.config[APPEND_GRADIENT] = self.direction == "gradient"
+        return instructions
+
+    def aggregate_accepted(self, server_round, accepted, failures):
+        weights = [res.num_examples for (_, res), _ in accepted]
+        layers = len(self.current)
+        new, masks, agreements = [], {}, {}
+        for i, reference in enumerate(self.current):
+            gradients = [arrays[layers + i] for _, arrays in accepted] if self.direction == "gradient" else None
+            layer, masks[str(i)], agreements[str(i)] = fedgma_layer(
+                reference, [arrays[i] for _, arrays in accepted], weights, self.p, self.server_lr, gradients,
+                weights if self.weighted_agreement else None)
+            new.append(layer)
+        return ndarrays_to_parameters(new), _mean_metrics(accepted) | mask_statistics(masks, agreements)

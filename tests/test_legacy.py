@@ -1,0 +1,123 @@
+"""Legacy-API strategies (fedgma.compat): same weights as the Message-API strategies for the same client
+results, through Flower's real legacy Server round; and the legacy app end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO, layers, reply, send
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Server
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAdam as LegacyFedAdam
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg
+
+from fedgma.compat import LegacyFedGMA, LegacyGMA
+from fedgma.local_flower import LocalFlower
+from fedgma.records import decode
+from fedgma.strategies import GMA, FedGMA
+
+
+class ScriptedClient(ClientProxy):
+    """A client proxy whose fit returns fixed weights (and its gradient when asked)."""
+
+    def __init__(self, cid, weights, gradient, num_examples, partition):
+        super().__init__(cid)
+        self.weights, self.gradient, self.num_examples, self.partition = weights, gradient, num_examples, partition
+
+    def fit(self, ins, timeout, group_id):
+        arrays = self.weights + (self.gradient if ins.config.get("append-gradient") else [])
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), self.num_examples,
+                      {"partition-id": self.partition, "train-loss": 0.5})
+
+    def get_properties(self, *args):
+        raise NotImplementedError
+
+    get_parameters = evaluate = reconnect = get_properties
+
+
+def setup(seed=0, k=4):
+    rng = np.random.default_rng(seed)
+    reference = layers(rng)
+    clients = [{n: a + layers(rng, 0.1)[n] for n, a in reference.items()} for _ in range(k)]
+    gradients = [layers(rng, 0.5) for _ in range(k)]
+    return reference, clients, gradients, [10, 30, 60, 25][:k]
+
+
+def legacy_round(strategy, reference, clients, gradients, examples):
+    manager = SimpleClientManager()
+    for i, (w, g, n) in enumerate(zip(clients, gradients, examples)):
+        manager.register(ScriptedClient(f"c{i}", list(w.values()), list(g.values()), n, i))
+    server = Server(client_manager=manager, strategy=strategy)
+    server.parameters = ndarrays_to_parameters(list(reference.values()))
+    parameters, metrics, (results, failures) = server.fit_round(server_round=1, timeout=None)
+    assert len(results) == len(clients) and not failures
+    return dict(zip(reference, parameters_to_ndarrays(parameters))), metrics
+
+
+def message_round(strategy, reference, clients, gradients, examples, with_gradients):
+    instructions = send(strategy, reference, node_ids=tuple(range(1, len(clients) + 1)))
+    replies = [reply(ins, w, n, g if with_gradients else None)
+               for ins, w, g, n in zip(instructions, clients, gradients, examples)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    return decode(arrays), metrics
+
+
+CASES = {
+    "fedgma-gradient": (lambda: LegacyFedGMA(LegacyFedAvg(), p=0.5, server_lr=0.3),
+                        lambda: FedGMA(FedAvg(), p=0.5, server_lr=0.3), True),
+    "fedgma-pseudo-gradient": (lambda: LegacyFedGMA(LegacyFedAvg(), p=0.5, server_lr=0.3, direction="pseudo-gradient"),
+                               lambda: FedGMA(FedAvg(), p=0.5, server_lr=0.3, direction="pseudo-gradient"), False),
+    "gma-fedavg": (lambda: LegacyGMA(LegacyFedAvg(), tau=0.5),
+                   lambda: GMA(FedAvg(), tau=0.5), False),
+    "gma-fedadam": (lambda: LegacyGMA(LegacyFedAdam(initial_parameters=ndarrays_to_parameters(
+                        list(setup()[0].values())), eta=0.05, tau=0.001), tau=0.5, mask="hard"),
+                    lambda: GMA(FedAdam(eta=0.05, tau=0.001), tau=0.5, mask="hard"), False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_legacy_and_message_strategies_give_the_same_weights(case):
+    make_legacy, make_message, with_gradients = CASES[case]
+    reference, clients, gradients, examples = setup()
+    legacy, legacy_metrics = legacy_round(make_legacy(), reference, clients, gradients, examples)
+    message, message_metrics = message_round(make_message(), reference, clients, gradients, examples,
+                                             with_gradients)
+    for name in reference:
+        np.testing.assert_allclose(legacy[name], message[name], rtol=1e-6, atol=1e-7)
+        assert legacy[name].dtype == np.float32
+    assert legacy_metrics["mask-density"] == pytest.approx(message_metrics["mask-density"])
+    assert legacy_metrics["replies-accepted"] == 4 and legacy_metrics["train-loss"] == pytest.approx(0.5)
+
+
+def test_legacy_screening_counts_and_leaves_out_bad_results():
+    reference, clients, gradients, examples = setup()
+    clients[1] = {n: np.full_like(a, np.nan) for n, a in clients[1].items()}
+    clients[2] = {n: a.astype(np.float64) for n, a in clients[2].items()}
+    strategy = LegacyGMA(LegacyFedAvg(), tau=0.0)
+    weights, metrics = legacy_round(strategy, reference, clients, gradients, examples)
+    assert (metrics["replies-accepted"], metrics["replies-rejected"]) == (2, 2)
+    expected = {n: (10 * clients[0][n] + 25 * clients[3][n]) / 35 for n in reference}
+    for name in reference:
+        np.testing.assert_allclose(weights[name], expected[name], rtol=1e-6)
+    assert any("contains NaN" in r for r in strategy.notes[1]["reasons"])
+    assert any("dtype float64" in r for r in strategy.notes[1]["reasons"])
+
+
+@pytest.mark.simulation
+def test_legacy_app_runs_and_writes_the_same_outputs(mnist_dir, tmp_path):
+    out = tmp_path / "out"
+    with LocalFlower() as flower:
+        done = flower.run(REPO / "examples" / "legacy", {"data-dir": str(mnist_dir), "num-rounds": 2,
+                                                         "max-client-examples": 150, "max-test-examples": 300,
+                                                         "output-dir": str(out)}, 3)
+        assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["status"] == "completed" and [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    for row in report["rounds"][1:]:
+        assert 0 <= row["ood-accuracy"] <= 1 and row["replies-accepted"] == 3 and "mask-density" in row
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG" and (out / "model.pt").stat().st_size > 2_000_000
