@@ -22,13 +22,13 @@ from .data import client_data, num_classes, test_sets
 from .model import build_model
 from .settings import Settings
 from .strategies.masking import weighted_mean
-from .training import evaluate, prepare_model, shuffle_seed, train_local
+from .training import evaluate, prepare_model, resolve_device, shuffle_seed, train_local
 
 
 def run_bare_loop(settings: Settings, num_clients: int, evaluate_each_round: bool = True,
                   on_round: Callable[[dict], None] | None = None) -> list[dict]:
     """FedAvg over ``num_clients`` partitions, all of them every round; one dict per round."""
-    model = prepare_model(build_model(num_classes(settings.task), seed=settings.seed))
+    model = prepare_model(build_model(num_classes(settings.task), seed=settings.seed), resolve_device(settings.device))
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows = []
     for server_round in range(1, settings.num_rounds + 1):
@@ -40,7 +40,7 @@ def run_bare_loop(settings: Settings, num_clients: int, evaluate_each_round: boo
                                  settings.batch_size, settings.optimizer, settings.lr,
                                  shuffle_seed=shuffle_seed(settings.seed, pid, server_round),
                                  precision=settings.precision)
-            states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+            states.append({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()})
             weights.append(result.num_examples)
         global_state = {k: torch.from_numpy(weighted_mean((s[k] for s in states), weights)) for k in global_state}
         row = {"round": server_round, "train-seconds": time.perf_counter() - start}

@@ -28,7 +28,7 @@ from .data import client_data, num_classes
 from .model import build_model
 from .numpy_client import ColoredMnistClient
 from .settings import ConfigError, Settings
-from .training import prepare_model
+from .training import prepare_model, resolve_device
 
 
 @lru_cache(maxsize=8)
@@ -56,9 +56,9 @@ def partition_of(context: Context) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=2)
-def _model(outputs: int) -> torch.nn.Module:
-    """One model object per process, reused every round (weights are overwritten)."""
-    return prepare_model(build_model(outputs))
+def _model(outputs: int, device: str) -> torch.nn.Module:
+    """One model object per process (on the run's device), reused every round (weights are overwritten)."""
+    return prepare_model(build_model(outputs), resolve_device(device))
 
 
 def cpus_for_this_client(settings: Settings) -> int:
@@ -84,7 +84,7 @@ def client_fn(context: Context) -> ColoredMnistClient:
     threads = cpus_for_this_client(settings)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return ColoredMnistClient(settings, pid, _model(num_classes(settings.task)), client_data(settings, pid, count))
+    return ColoredMnistClient(settings, pid, _model(num_classes(settings.task), settings.device), client_data(settings, pid, count))
 
 
 adapter = NumPyClientAdapter(client_fn)

@@ -26,7 +26,7 @@ from .outputs import RunRecorder, resolve_output_dir
 from .server_app import CentralEvaluation
 from .settings import Settings
 from .strategies.replies import PARTITION_ID
-from .training import prepare_model
+from .training import prepare_model, resolve_device
 
 
 class LegacyColoredMnistClient(ColoredMnistClient):
@@ -88,8 +88,8 @@ def server_fn(context: Context) -> ServerAppComponents:
         return (metrics["ood-loss"], dict(metrics)) if metrics is not None else None
 
     strategy = build_legacy_strategy(settings, initial, evaluate_fn)
-    central.append(CentralEvaluation(settings, prepare_model(build_model(num_classes(settings.task))), strategy,
-                                     recorder))
+    model = prepare_model(build_model(num_classes(settings.task)), resolve_device(settings.device))
+    central.append(CentralEvaluation(settings, model, strategy, recorder))
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=settings.num_rounds,
                                                                       round_timeout=settings.round_timeout))
 

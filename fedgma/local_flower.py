@@ -23,7 +23,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from .processes import descendants, free_port, pids_mentioning, rss_bytes, stop_tree_and_mentions
+from .processes import descendants, free_port, gpu_memory_bytes, pids_mentioning, rss_bytes, stop_tree_and_mentions
 
 FLWR = str(Path(sys.executable).with_name("flwr"))
 
@@ -47,6 +47,7 @@ class FlowerRun:
     wall_seconds: float
     peak_rss_bytes: int
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (unix time, bytes)
+    peak_gpu_bytes_per_process: int = 0  # the largest GPU memory of one process (a client actor); 0 without GPUs
 
     def rss_at(self, when: float) -> int:
         """The last RSS sample taken at or before unix time ``when`` (0 if none)."""
@@ -56,7 +57,8 @@ class FlowerRun:
 class LocalFlower:
     """An isolated local Flower: ``with LocalFlower() as flower: flower.run(...)``."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """``env`` adds to the environment of ``flwr`` and what it starts (e.g. ``RAY_ADDRESS``)."""
         self.owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="fedgma-flwr-")) if root is None else Path(root)
         (self.root / "ray").mkdir(parents=True, exist_ok=True)
@@ -66,7 +68,7 @@ class LocalFlower:
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
             "PATH": f"{Path(FLWR).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        } | (env or {})
 
     def __enter__(self) -> LocalFlower:
         return self
@@ -89,16 +91,21 @@ class LocalFlower:
 
     def run(self, app_dir: Path, run_config: dict[str, Any] | str, supernodes: int, cpus_per_client: int = 1,
             timeout: float = 1800, sample_every: float = 0.25,
-            on_line: Callable[[str], None] | None = None) -> FlowerRun:
+            on_line: Callable[[str], None] | None = None, gpus_per_client: float = 0.0) -> FlowerRun:
         """``flwr run app_dir --stream`` on a simulated federation of ``supernodes`` clients.
 
         ``on_line`` sees every output line as it arrives (progress reporting);
         after ``timeout`` seconds the command is stopped and the run so far returned.
+        With ``gpus_per_client`` > 0, Ray gives each client that fraction of a GPU
+        and the GPU memory of every process is sampled too (through ``nvidia-smi``).
         """
         config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
-        command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config",
-                   f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"]
+        federation = f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"
+        if gpus_per_client:
+            federation += f" client-resources-num-gpus={gpus_per_client}"
+        command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config", federation]
         samples: list[tuple[float, int]] = []
+        gpu_peak = [0]
         done = threading.Event()
         start = time.perf_counter()
 
@@ -108,6 +115,8 @@ class LocalFlower:
                 for pid in list(pids):
                     pids |= descendants(pid)
                 samples.append((time.time(), rss_bytes(pids)))
+                if gpus_per_client:
+                    gpu_peak[0] = max([gpu_peak[0], *gpu_memory_bytes(pids).values()])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -127,7 +136,7 @@ class LocalFlower:
             done.set()
             sampler.join()
         return FlowerRun("".join(lines), process.returncode, time.perf_counter() - start,
-                         max((b for _, b in samples), default=0), samples)
+                         max((b for _, b in samples), default=0), samples, gpu_peak[0])
 
     def runs(self) -> list[dict]:
         """``flwr list`` of this setup's SuperLink, newest run first."""

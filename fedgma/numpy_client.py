@@ -31,7 +31,7 @@ class ColoredMnistClient(NumPyClient):
         self.last_gradient: list[np.ndarray] | None = None
 
     def get_parameters(self, config: dict) -> list[np.ndarray]:
-        return [tensor.detach().numpy().copy() for tensor in self.model.state_dict().values()]
+        return [tensor.detach().cpu().numpy().copy() for tensor in self.model.state_dict().values()]
 
     def set_parameters(self, parameters: list[np.ndarray]) -> None:
         names = list(self.model.state_dict())

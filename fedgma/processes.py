@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import psutil
 
@@ -87,3 +88,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def gpu_memory_bytes(pids: set[int]) -> dict[int, int]:
+    """GPU memory used by each of ``pids``, from ``nvidia-smi`` ({} where there is none)."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_gpu_apps(listing.stdout, pids)
+
+
+def parse_gpu_apps(csv_text: str, pids: set[int]) -> dict[int, int]:
+    """``nvidia-smi --query-compute-apps=pid,used_memory`` lines (MiB) -> bytes per PID in ``pids``."""
+    used = {}
+    for line in csv_text.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip().isdigit() and int(pid) in pids and mib.strip().isdigit():
+            used[int(pid)] = int(mib) * 2**20
+    return used

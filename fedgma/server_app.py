@@ -29,7 +29,7 @@ from .outputs import RoundTimer, RunRecorder, resolve_output_dir
 from .records import decode
 from .settings import ConfigError, Settings
 from .strategies import ReplyGuard, build_strategy
-from .training import evaluate, prepare_model
+from .training import evaluate, prepare_model, resolve_device
 
 app = ServerApp()
 
@@ -103,10 +103,11 @@ def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_run_config(context.run_config)
+    device = resolve_device(settings.device)
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
         " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)
-    model = prepare_model(build_model(num_classes(settings.task)))
+    model = prepare_model(build_model(num_classes(settings.task)), device)
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder)
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,

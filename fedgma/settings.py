@@ -69,6 +69,9 @@ class Settings:
     lr: float = _opt(1e-3, "Local learning rate.", low=0.0, low_open=True)
     precision: str = _opt("fp32", "'fp32', or 'bf16' autocast for forward passes (about 0.5x the time on CPUs "
                                   "with bf16 support; weights stay fp32).", choices=("fp32", "bf16"))
+    device: str = _opt("auto", "Where clients train and the server evaluates: 'auto' (CUDA when torch sees a GPU, "
+                               "else the CPU), 'cpu' or 'cuda' ('cuda' without a GPU stops the run before round 1).",
+                       choices=("auto", "cpu", "cuda"))
     client_threads: int = _opt(0, "Torch threads per client (0 = the CPUs Ray gave the client, "
                                    "or all cores outside Ray).", low=0)
     # --- sampling -----------------------------------------------------------------

@@ -2,11 +2,17 @@
 
 Images arrive as uint8 tensors and become floats in [0, 1] one batch at a time, so
 a client's cached partition stays four times smaller than a float copy.
+
+Everything runs where the model is: :func:`prepare_model` places it on the run's
+device (:func:`resolve_device`), and the loops move each data set there once per
+process (:func:`as_tensors`), so on a GPU a client's partition stays on the device
+across rounds and only the weights cross each round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -14,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import ColoredData
+from .settings import ConfigError
 
 
 @dataclass
@@ -38,9 +45,31 @@ def loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return loss, correct
 
 
-def as_tensors(data: ColoredData) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-copy torch views of the cached uint8 images and labels."""
-    return torch.from_numpy(data.images), torch.from_numpy(data.labels)
+def resolve_device(name: str) -> torch.device:
+    """The torch device of run-config key ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU.
+
+    ``cuda`` without a GPU raises :class:`ConfigError` here, before round 1, rather
+    than a CUDA error from inside a client later.
+    """
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Run-config key 'device' is 'cuda' but torch {torch.__version__} sees no GPU "
+                          f"(CUDA build: {torch.version.cuda or 'none'}); use device='auto' or 'cpu'.")
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"Run-config key 'device' must be 'auto', 'cpu' or 'cuda', not {name!r}")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def as_tensors(data: ColoredData, device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels as torch tensors on ``device``: zero-copy views on the CPU,
+    a copy made once per process on any other device."""
+    if device.type == "cpu":
+        return torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    return _on_device(data, device)
+
+
+@lru_cache(maxsize=None)
+def _on_device(data: ColoredData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(data.images).to(device), torch.from_numpy(data.labels).to(device)
 
 
 def to_input(images: torch.Tensor, pixel_divisor: float = 255.0) -> torch.Tensor:
@@ -52,15 +81,19 @@ def to_input(images: torch.Tensor, pixel_divisor: float = 255.0) -> torch.Tensor
     return images.float().div_(pixel_divisor).contiguous(memory_format=torch.channels_last)
 
 
-def prepare_model(model: nn.Module) -> nn.Module:
-    """Put a model in the channels-last layout that ``to_input`` produces."""
-    return model.to(memory_format=torch.channels_last)
+def prepare_model(model: nn.Module, device: torch.device = torch.device("cpu")) -> nn.Module:
+    """Put a model on ``device``, in the channels-last layout that ``to_input`` produces."""
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
-def autocast(precision: str):
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(precision: str, device: torch.device):
     """``'bf16'``: bfloat16 autocast for forward passes (weights and optimizer stay
     fp32); ``'fp32'``: plain fp32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: int, optimizer: str, lr: float,
@@ -70,7 +103,8 @@ def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: in
     ``batch_size=0`` trains full batch (one step per epoch, the seed repository).
     ``proximal_mu > 0`` adds FedProx's (mu / 2) ||w - w_t||^2 to the loss.
     """
-    images, labels = as_tensors(data)
+    device = device_of(model)
+    images, labels = as_tensors(data, device)
     n = len(labels)
     step = batch_size or n
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
@@ -78,11 +112,12 @@ def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: in
     generator = torch.Generator().manual_seed(shuffle_seed)
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator) if step < n else torch.arange(n)
+        # The order is drawn on the CPU, so a seed gives the same batches on every device.
+        order = (torch.randperm(n, generator=generator) if step < n else torch.arange(n)).to(device)
         loss_sum, correct_sum = 0.0, 0
         for start in range(0, n, step):
             batch = order[start:start + step]
-            with autocast(precision):
+            with autocast(precision, device):
                 logits = model(to_input(images[batch], data.pixel_divisor))
             loss, correct = loss_and_correct(logits.float(), labels[batch])
             loss_sum += float(loss.detach()) * len(batch)
@@ -92,7 +127,7 @@ def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: in
             opt.zero_grad(set_to_none=False)
             loss.backward()
             opt.step()
-    last_gradient = {name: p.grad.detach().numpy().copy() for name, p in model.named_parameters()}
+    last_gradient = {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()}
     return LocalResult(n, loss_sum / n, correct_sum / n, last_gradient)
 
 
@@ -100,12 +135,13 @@ def train_local(model: nn.Module, data: ColoredData, epochs: int, batch_size: in
 def evaluate(model: nn.Module, data: ColoredData, batch_size: int = 2000,
              precision: str = "fp32") -> tuple[float, float]:
     """(mean loss, accuracy) of the model on a coloured data set."""
-    images, labels = as_tensors(data)
+    device = device_of(model)
+    images, labels = as_tensors(data, device)
     model.eval()
     loss_sum, correct_sum = 0.0, 0
     for start in range(0, len(labels), batch_size):
         batch = slice(start, start + batch_size)
-        with autocast(precision):
+        with autocast(precision, device):
             logits = model(to_input(images[batch], data.pixel_divisor))
         loss, correct = loss_and_correct(logits.float(), labels[batch])
         loss_sum += float(loss) * len(labels[batch])

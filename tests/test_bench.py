@@ -7,6 +7,8 @@ import pytest
 from fedgma.bench.__main__ import main, round_summary
 from fedgma.bench.aggregation import STRATEGIES
 from fedgma.local_flower import run_config_arg
+from fedgma.processes import parse_gpu_apps
+from fedgma.settings import ConfigError
 
 
 def test_round_summary_sets_the_first_round_apart():
@@ -16,6 +18,19 @@ def test_round_summary_sets_the_first_round_apart():
 
 def test_run_config_arg_quotes_strings_only():
     assert run_config_arg({"a": "x y", "b": True, "c": 0.5, "d": 3}) == "a='x y' b=true c=0.5 d=3"
+
+
+def test_gpu_memory_is_read_per_process_from_nvidia_smi_lines():
+    listing = "1234, 812\n99, 4000\n[Not Supported], 1\n5678, 1024\n"
+    assert parse_gpu_apps(listing, {1234, 5678, 7}) == {1234: 812 * 2**20, 5678: 1024 * 2**20}
+    assert parse_gpu_apps("", {1}) == {}
+
+
+def test_benchmark_on_cuda_without_a_gpu_stops_before_measuring(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'device' is 'cuda'"):
+        main(["--device", "cuda", "--out", str(tmp_path)])
+    assert not (tmp_path / "report.json").exists()
 
 
 @pytest.mark.simulation
@@ -38,3 +53,4 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     assert len(report["memory"]["rss_at_round_end_bytes"]) == 3 and all(report["memory"]["rss_at_round_end_bytes"])
     assert (tmp_path / "round_time_scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert "One aggregate_train call" in capsys.readouterr().out
+    assert report["config"]["device"] == "auto" and "gpu" not in report  # no GPU table on a CPU-only machine

@@ -13,7 +13,12 @@ Measured side by side in one run, on the same data, model and local training:
 2. one ``aggregate_train`` call for K clients of the 579,009-parameter CNN;
 3. round time against clients per round, bare loop and simulation (a plot);
 4. the RSS of the whole process tree at the end of every round of a longer,
-   light simulation, to show whether memory grows with rounds.
+   light simulation, to show whether memory grows with rounds;
+5. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
+   comparison's setup with 0.1, 0.25 and 0.5 GPU per client (seconds per round,
+   ratio to the bare loop on the same GPU, GPU memory of one client process), and
+   with ``--seed-experiment`` the end-to-end wall time of ``configs/seed-repo.toml``
+   (50 rounds) at the fastest fraction.
 
 Writes ``report.json`` and ``round_time_scaling.png`` to ``--out`` and prints a table.
 """
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import tomllib
 import logging
 import os
 import platform
@@ -36,6 +43,7 @@ from flwr.common.logger import FLOWER_LOGGER
 from ..bare_loop import run_bare_loop
 from ..outputs import versions
 from ..settings import Settings
+from ..training import resolve_device
 from .aggregation import STRATEGIES, time_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
@@ -63,9 +71,9 @@ def bare(config: dict[str, Any], clients: int) -> dict[str, Any]:
 
 
 def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path,
-               cpus_per_client: int = 1) -> dict[str, Any]:
+               cpus_per_client: int = 1, gpus_per_client: float = 0.0) -> dict[str, Any]:
     config = config | {"output-dir": str(out), "min-available-nodes": clients}
-    run = flower.run(REPO, config, clients, cpus_per_client)
+    run = flower.run(REPO, config, clients, cpus_per_client, gpus_per_client=gpus_per_client)
     status = flower.runs()[0]["status"]
     if status != "finished:completed":
         raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
@@ -73,10 +81,33 @@ def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: P
     summary = round_summary([row["seconds"] for row in rows if row["round"] > 0])
     return summary | {
         "launch_overhead_s": run.wall_seconds - sum(summary["rounds_s"]), "wall_s": run.wall_seconds,
-        "peak_rss_bytes": run.peak_rss_bytes,
+        "peak_rss_bytes": run.peak_rss_bytes, "gpu_bytes_per_client": run.peak_gpu_bytes_per_process,
         "rss_at_round_end_bytes": [run.rss_at(row["time"]) for row in rows if row["round"] > 0],
         "final_ood_accuracy": rows[-1]["ood-accuracy"],
     }
+
+
+def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fractions: list[float], out: Path,
+                cpus_per_client: int, floor_s: float) -> list[dict[str, Any]]:
+    """The round time with each fraction of a GPU per client (clients at once: GPUs / fraction, capped by CPUs)."""
+    import torch
+
+    rows = []
+    for fraction in fractions:
+        run = simulation(flower, config, clients, out / f"gpu-{fraction}", cpus_per_client, fraction)
+        at_once = min(math.floor(torch.cuda.device_count() / fraction), (os.cpu_count() or 1) // cpus_per_client)
+        rows.append({"gpus_per_client": fraction, "clients_at_once": at_once, **run,
+                     "ratio_to_bare": run["median_round_s"] / floor_s})
+    return rows
+
+
+def seed_experiment(flower: LocalFlower, data_dir: str, gpus_per_client: float, cpus_per_client: int,
+                    out: Path) -> dict[str, Any]:
+    """``configs/seed-repo.toml`` end to end (50 rounds, 100 clients): wall time and final accuracy."""
+    config = tomllib.loads((REPO / "configs" / "seed-repo.toml").read_text()) | {"data-dir": data_dir,
+                                                                                 "device": "cuda"}
+    return {"gpus_per_client": gpus_per_client,
+            **simulation(flower, config, 100, out / "seed-experiment", cpus_per_client, gpus_per_client)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,21 +129,31 @@ def main(argv: list[str] | None = None) -> None:
                         help="client-resources-num-cpus of the round-time simulations (1: two clients at once here)")
     parser.add_argument("--memory-rounds", type=int, default=12,
                         help="rounds of a light 100-client FedAvg run that tracks RSS per round (0 skips)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="run-config device of every run and of the bare loop (auto: CUDA if torch sees a GPU)")
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="client-resources-num-gpus of the main comparison's simulations (0 = none)")
+    parser.add_argument("--gpu-fractions", default="0.1,0.25,0.5",
+                        help="GPU per client for the GPU table (only on a GPU; '' skips it)")
+    parser.add_argument("--seed-experiment", action="store_true",
+                        help="on a GPU: also time configs/seed-repo.toml (50 rounds) end to end")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 10 clients, 2 rounds, small K")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
         args.aggregation_k, args.scaling_k, args.memory_rounds = "5,10", "4,8", 3
+    on_gpu = resolve_device(args.device).type == "cuda"  # a clear error now if cuda was asked for and is missing
     FLOWER_LOGGER.setLevel(logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = {"data-dir": str(Path(args.data_dir).resolve()) if args.data_dir else "", "seed": 0,
             "num-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
             "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
-            "fraction-train": 1.0}
+            "fraction-train": 1.0, "device": args.device}
     report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.bench", *sys.argv[1:]]),
                               "machine": machine(), "versions": versions(), "config": base,
-                              "clients": args.clients, "cpus_per_client": args.cpus_per_client, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                              "clients": args.clients, "cpus_per_client": args.cpus_per_client,
+                              "gpus_per_client": args.gpus_per_client, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def progress(text: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -123,10 +164,21 @@ def main(argv: list[str] | None = None) -> None:
         for strategy in ("fedavg", "fedgma"):
             progress(f"round time: flwr run simulation, {strategy}")
             report["round_time"][f"simulation ({strategy})"] = simulation(
-                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}", args.cpus_per_client)
+                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}", args.cpus_per_client,
+                args.gpus_per_client)
         floor = report["round_time"]["bare loop (fedavg)"]["median_round_s"]
         for entry in report["round_time"].values():
             entry["ratio_to_bare"] = entry["median_round_s"] / floor
+        fractions = [float(f) for f in args.gpu_fractions.split(",") if f]
+        if on_gpu and fractions:
+            progress(f"GPU sharing, {fractions} GPU per client")
+            report["gpu"] = gpu_sharing(flower, base | {"strategy": "fedavg"}, args.clients, fractions, out,
+                                        args.cpus_per_client, floor)
+            if args.seed_experiment:
+                fastest = min(report["gpu"], key=lambda row: row["median_round_s"])["gpus_per_client"]
+                progress(f"seed experiment end to end, {fastest} GPU per client")
+                report["seed_experiment"] = seed_experiment(flower, base["data-dir"], fastest, args.cpus_per_client,
+                                                            out)
 
         report["aggregation"] = []
         for k in (int(k) for k in args.aggregation_k.split(",") if k):

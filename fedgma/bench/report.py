@@ -26,6 +26,21 @@ def print_tables(report: dict[str, Any]) -> None:
         print(f"{s['clients']:>8}{s['bare loop']:>10.2f}{sim['median_round_s']:>14.2f}"
               f"{sim['median_round_s'] / s['bare loop']:>8.2f}{sim['peak_rss_bytes'] / 1e9:>17.2f}")
     print_memory(report)
+    print_gpu(report)
+
+
+def print_gpu(report: dict[str, Any]) -> None:
+    if "gpu" not in report:
+        return
+    print(f"\nGPU sharing, {report['clients']} clients per round (FedAvg)")
+    print(f"{'GPU/client':>11}{'at once':>9}{'median round s':>16}{'ratio to bare':>15}{'GPU MB/client':>15}")
+    for g in report["gpu"]:
+        print(f"{g['gpus_per_client']:>11}{g['clients_at_once']:>9}{g['median_round_s']:>16.2f}"
+              f"{g['ratio_to_bare']:>15.3f}{g['gpu_bytes_per_client'] / 2**20:>15.0f}")
+    if "seed_experiment" in report:
+        e = report["seed_experiment"]
+        print(f"\nSeed experiment (configs/seed-repo.toml, 50 rounds), {e['gpus_per_client']} GPU per client: "
+              f"{e['wall_s']:.0f} s end to end, final OOD accuracy {e['final_ood_accuracy']:.4f}")
 
 
 def print_memory(report: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ __all__ = ["ColoredData", "DataError", "client_data", "test_sets", "num_classes"
 _OOD_STREAM, _ID_STREAM = 1_000_001, 1_000_002
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: per-device copies are cached by data set
 class ColoredData:
     """uint8 images (N, 3, 28, 28) and int64 labels; ``flip`` is the colour flip
     probability used (binary task; NaN for multiclass). The model sees
