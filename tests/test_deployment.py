@@ -1,8 +1,10 @@
 """End to end on real Flower processes: a SuperLink with TLS and SuperNode
 authentication and real SuperNodes on 127.0.0.1 (free ports), running FedGMA.
 
-Run alone with ``pytest -m deployment``. Every process is stopped by PID in the
-fixtures' teardown, also when a test fails.
+The transport is the one the installed Flower's SuperNode speaks: HTTP(S) under
+1.40+, gRPC (grpc-rere, the Fleet API on a port of its own) under 1.39; CI runs
+this file under both (``.ci/run``). Run alone with ``pytest -m deployment``.
+Every process is stopped by PID in the fixtures' teardown, also when a test fails.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pytest
 from conftest import REPO
 
 from fedgma.local_flower import run_config_arg
-from fedgma.deploy.local import BIN, CONNECTION, Deployment
+from fedgma.deploy import local
+from fedgma.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
 
 pytestmark = pytest.mark.deployment
 
@@ -37,6 +40,30 @@ def deployment(tmp_path, mnist_dir):
         yield deployed
     finally:
         deployed.stop()
+
+
+def test_the_superlink_serves_supernodes_over_the_installed_flowers_transport(deployment):
+    superlink_log = (deployment.logs / "superlink.log").read_text()
+    assert deployment.transport == default_transport()
+    if deployment.transport == "grpc":
+        assert f"Starting Fleet API (gRPC-rere) on {deployment.fleet_address}" in superlink_log, superlink_log
+        assert deployment.fleet_port != deployment.port
+    else:
+        assert "gRPC-rere" not in superlink_log and deployment.fleet_port == deployment.port
+    assert "Uvicorn running on https://" in superlink_log  # TLS on the CLI's HTTP port in both cases
+
+
+@pytest.mark.parametrize("installed, asked, message", [
+    ("1.41.0", "grpc", r"--transport grpc is not possible: Flower 1.41.0 .* pip install 'flwr\[simulation\]==1.39.0'"),
+    ("1.39.0", "http", r"--transport http is not possible: Flower 1.39.0 .* speaks gRPC only"),
+])
+def test_an_impossible_transport_says_which_flower_to_install(monkeypatch, tmp_path, installed, asked, message):
+    from packaging.version import Version
+
+    monkeypatch.setattr(local, "flower_version", lambda: Version(installed))
+    with pytest.raises(ValueError, match=message):
+        Deployment(tmp_path / "deploy", transport=asked)
+    assert check_transport("grpc" if asked == "http" else "http")
 
 
 def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes(deployment, mnist_dir, tmp_path):

@@ -17,13 +17,17 @@ import argparse
 from pathlib import Path
 
 from .keys import make_certificates, make_node_key
-from .local import CONNECTION, Deployment
+from .local import CONNECTION, TRANSPORTS, Deployment, default_transport
 
 DEFAULT_WORKDIR = Path("deploy/run")
 
 
 def up(args: argparse.Namespace) -> None:
-    deployment = Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host)
+    try:
+        deployment = Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
+                                transport=args.transport)
+    except ValueError as problem:
+        raise SystemExit(str(problem)) from None
     if deployment.pids:
         raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
                          f"`python -m fedgma.deploy down --workdir {args.workdir}` first")
@@ -39,7 +43,9 @@ def up(args: argparse.Namespace) -> None:
         deployment.stop()
         raise
     mode = "insecure (no TLS, no node authentication)" if args.insecure else "TLS + SuperNode authentication"
-    print(f"SuperLink {deployment.address}, {mode}: pid {deployment.pids['superlink']}, "
+    fleet = (f"SuperNodes over gRPC at {deployment.fleet_address}" if deployment.transport == "grpc"
+             else "SuperNodes over HTTP(S), same port")
+    print(f"SuperLink {deployment.address} ({fleet}), {mode}: pid {deployment.pids['superlink']}, "
           f"log {deployment.logs / 'superlink.log'}")
     for i in range(args.nodes):
         print(f"SuperNode node-{i} (partition {i} of {args.nodes}): pid {deployment.pids[f'node-{i}']}, "
@@ -69,7 +75,7 @@ def register(args: argparse.Namespace) -> None:
     deployment.register(args.name)
     private, _ = deployment.node_key(args.name)
     print(f"Registered {args.name}. On its machine, with {private} copied there:\n"
-          f"  flower-supernode --superlink <superlink-host>:{deployment.port} --root-certificates ca.crt "
+          f"  flower-supernode --superlink <superlink-host>:{deployment.fleet_port} --root-certificates ca.crt "
           f"--auth-supernode-private-key {args.name} --port 9094 "
           f"--node-config \"partition-id=I num-partitions=N data-dir='/path/to/mnist'\"")
 
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (local trials only)")
     p.add_argument("--port", type=int, default=None, help="SuperLink port (default: a free one)")
     p.add_argument("--host", action="append", default=[], help="extra host name or IP for the certificate")
+    p.add_argument("--transport", choices=TRANSPORTS, default=None,
+                   help=f"SuperNode <-> SuperLink: grpc (Flower <= 1.39) or http (1.40+); default here: "
+                        f"{default_transport()} (from the installed Flower)")
     p.set_defaults(run=up)
     for name, run, text in (("down", down, "stop everything `up` started"),
                             ("status", status, "list the processes and their logs")):

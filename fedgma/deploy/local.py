@@ -1,7 +1,15 @@
 """A real Flower deployment on this machine: one SuperLink and N SuperNodes on 127.0.0.1.
 
-TLS and SuperNode authentication by default. :class:`Deployment` writes
-everything under one work folder:
+TLS and SuperNode authentication by default, over either transport between
+SuperNodes and the SuperLink's Fleet API (:func:`default_transport`):
+
+- ``http``: Flower 1.40 and later. Fleet API, CLI (Control API) and runtime API
+  share the SuperLink's one HTTP(S) port.
+- ``grpc``: Flower 1.39 and earlier (``grpc-rere``). The Fleet API listens on a
+  port of its own (``--fleet-api-address``) and the SuperNodes dial it; the CLI
+  still talks HTTP(S) to the SuperLink's main port.
+
+:class:`Deployment` writes everything under one work folder:
 
     certs/        ca.crt (give to SuperNodes and the CLI), server.pem, server.key (SuperLink only)
     keys/         node-<i> (private, stays on that node) and node-<i>.pub (registered with the SuperLink)
@@ -26,12 +34,43 @@ import time
 from pathlib import Path
 from typing import Any
 
+from importlib.metadata import version as installed_version
+
+from packaging.version import Version
+
 from ..local_flower import run_config_arg
 from ..processes import descendants, free_port, is_alive, stop
 from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
 CONNECTION = "fedgma-deploy"
+TRANSPORTS = ("grpc", "http")
+FIRST_HTTP_ONLY = Version("1.40")  # Flower 1.40 release notes: SuperNodes no longer accept --grpc-rere
+
+
+def flower_version() -> Version:
+    return Version(installed_version("flwr"))
+
+
+def default_transport() -> str:
+    """``grpc`` under Flower 1.39 and earlier, ``http`` under 1.40 and later: the only one each SuperNode speaks."""
+    return "grpc" if flower_version() < FIRST_HTTP_ONLY else "http"
+
+
+def check_transport(transport: str) -> str:
+    """``transport`` if the installed Flower's SuperNode speaks it; otherwise an error that says what to install."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+    if transport != default_transport():
+        installed = f"Flower {flower_version()} is installed"
+        raise ValueError(
+            f"--transport grpc is not possible: {installed}, whose SuperNode reaches the SuperLink over HTTP(S) "
+            "only (SuperNodes dropped --grpc-rere in 1.40). Install the newest release with gRPC SuperNodes, "
+            "pip install 'flwr[simulation]==1.39.0', or use --transport http."
+            if transport == "grpc" else
+            f"--transport http is not possible: {installed}, whose SuperNode speaks gRPC only (grpc-rere; HTTP "
+            "SuperNodes came with 1.40). Install pip install 'flwr[simulation]>=1.41,<1.43', or use --transport grpc.")
+    return transport
 
 
 def _accepts_connections(port: int) -> bool:
@@ -46,7 +85,7 @@ class Deployment:
     """SuperLink + SuperNodes under ``workdir``; see the module docstring for the layout."""
 
     def __init__(self, workdir: Path, insecure: bool = False, port: int | None = None,
-                 hosts: list[str] | None = None) -> None:
+                 hosts: list[str] | None = None, transport: str | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.insecure = insecure
         self.hosts = hosts or []
@@ -56,7 +95,10 @@ class Deployment:
         for folder in (self.logs, self.cli_home, self.state):
             folder.mkdir(parents=True, exist_ok=True)
         self.pids: dict[str, int] = json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {}
-        self.port = port or int(self._read_meta().get("port", 0)) or free_port()
+        meta = self._read_meta()
+        self.port = port or int(meta.get("port", 0)) or free_port()
+        self.transport = check_transport(transport or meta.get("transport") or default_transport())
+        self.fleet_port = int(meta.get("fleet-port", 0)) or (free_port() if self.transport == "grpc" else self.port)
 
     # --- processes --------------------------------------------------------------
     def env(self, home: Path) -> dict[str, str]:
@@ -76,7 +118,9 @@ class Deployment:
 
     def _save(self) -> None:
         self.pid_file.write_text(json.dumps(self.pids, indent=2))
-        (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure}))
+        (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure,
+                                                            "transport": self.transport,
+                                                            "fleet-port": self.fleet_port}))
 
     def _read_meta(self) -> dict[str, Any]:
         meta = self.workdir / "meta.json"
@@ -104,11 +148,19 @@ class Deployment:
     # --- the parts ------------------------------------------------------------------
     @property
     def address(self) -> str:
+        """Where the CLI reaches the SuperLink (HTTP(S) under every Flower release)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """Where SuperNodes reach the SuperLink: its own gRPC port, or the shared HTTP(S) one."""
+        return f"127.0.0.1:{self.fleet_port}"
 
     def start_superlink(self, wait: float = 60) -> None:
         command = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--database", str(self.state / "superlink.db")]
+        if self.transport == "grpc":
+            command += ["--fleet-api-address", self.fleet_address]
         if self.insecure:
             command.append("--insecure")
         else:
@@ -120,7 +172,7 @@ class Deployment:
         self._spawn("superlink", command)
         self.write_connection()
         deadline = time.time() + wait
-        while not _accepts_connections(self.port):
+        while not (_accepts_connections(self.port) and _accepts_connections(self.fleet_port)):
             if not self.alive("superlink") or time.time() > deadline:
                 raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
@@ -142,7 +194,7 @@ class Deployment:
 
     def start_supernode(self, name: str, partition_id: int, num_partitions: int, data_dir: str) -> int:
         node_config = f"partition-id={partition_id} num-partitions={num_partitions} data-dir='{data_dir}'"
-        command = [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+        command = [str(BIN / "flower-supernode"), "--superlink", self.fleet_address, "--host", "127.0.0.1",
                    "--port", str(free_port()), "--node-config", node_config]
         if self.insecure:
             command.append("--insecure")
