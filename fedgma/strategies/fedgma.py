@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from ..records import encode
-from .guard import ReplyGuard
+from .guard import ReplyGuard, check_choice, check_fraction
 from .masking import fedgma_layer, mask_statistics
 from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
@@ -61,15 +61,11 @@ class FedGMA(ReplyGuard):
     def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4,
                  direction: str = "gradient", weighted_agreement: bool = False, **guard) -> None:
         super().__init__(fedavg, **guard)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"FedGMA threshold p must lie in [0, 1], got {p}")
         if server_lr < 0:
             raise ValueError(f"FedGMA server_lr must be >= 0, got {server_lr}")
-        if direction not in ("gradient", "pseudo-gradient"):
-            raise ValueError(f"FedGMA direction must be 'gradient' or 'pseudo-gradient', got {direction!r}")
-        self.p = p
+        self.p = check_fraction("FedGMA threshold p", p)
         self.server_lr = server_lr
-        self.direction = direction
+        self.direction = check_choice("FedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.weighted_agreement = weighted_agreement
         self.expected_records = (WEIGHTS, GRADIENT) if direction == "gradient" else (WEIGHTS,)
 

@@ -30,7 +30,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
 from ..records import encode
-from .guard import ReplyGuard
+from .guard import ReplyGuard, check_choice, check_fraction
 from .masking import gma_layer, mask_statistics
 from .replies import NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
@@ -64,12 +64,8 @@ class GMA(ReplyGuard):
                             f"FedYogi, FedAdagrad), whose aggregation starts from the weighted mean; got "
                             f"{type(strategy).__name__}")
         super().__init__(strategy, **guard)
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"GMA threshold tau must lie in [0, 1], got {tau}")
-        if mask not in ("soft", "hard"):
-            raise ValueError(f"GMA mask must be 'soft' or 'hard', got {mask!r}")
-        self.tau = tau
-        self.mask = mask
+        self.tau = check_fraction("GMA threshold tau", tau)
+        self.mask = check_choice("GMA mask", mask, ("soft", "hard"))
         self.weighted_agreement = weighted_agreement
 
     def summary(self) -> None:

@@ -81,6 +81,20 @@ def sampling_seed(seed: int, server_round: int, phase: str) -> int:
     return int(np.random.SeedSequence([seed, server_round, {"train": 0, "evaluate": 1}[phase]]).generate_state(1)[0])
 
 
+def check_fraction(what: str, value: float) -> float:
+    """``value`` if it lies in [0, 1]; a ValueError naming ``what`` otherwise."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} must lie in [0, 1], got {value}")
+    return value
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; a ValueError naming ``what`` otherwise."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
 class ReplyGuard(Strategy):
     """Screen, order and count replies before the wrapped strategy aggregates them.
 
@@ -100,11 +114,9 @@ class ReplyGuard(Strategy):
     expected_records: tuple[str, ...] = (WEIGHTS,)
 
     def __init__(self, strategy: Strategy, seed: int = 0, min_accepted_fraction: float = 0.0) -> None:
-        if not 0.0 <= min_accepted_fraction <= 1.0:
-            raise ValueError(f"min_accepted_fraction must lie in [0, 1], got {min_accepted_fraction}")
         self.strategy = strategy
         self.seed = seed
-        self.min_accepted_fraction = min_accepted_fraction
+        self.min_accepted_fraction = check_fraction("min_accepted_fraction", min_accepted_fraction)
         self.round_offset = 0  # rounds done before this Strategy.start (a resumed run)
         self.partitions: dict[int, int] = {}  # node id -> partition id, as clients report them
         self.current_arrays: dict[str, np.ndarray] = {}
