@@ -36,7 +36,8 @@ def test_benchmark_on_cuda_without_a_gpu_stops_before_measuring(tmp_path, monkey
 @pytest.mark.simulation
 def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     main(["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--clients", "2", "--rounds", "2",
-          "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--scaling-k", "2,3", "--memory-rounds", "3"])
+          "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--scaling-k", "2,3", "--memory-rounds", "3",
+          "--throughput-images", "20"])
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["machine"]["cores"] >= 1 and report["versions"]["flwr"]
     assert set(report["round_time"]) == {"bare loop (fedavg)", "simulation (fedavg)", "simulation (fedgma)"}
@@ -53,4 +54,7 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     assert len(report["memory"]["rss_at_round_end_bytes"]) == 3 and all(report["memory"]["rss_at_round_end_bytes"])
     assert (tmp_path / "round_time_scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert "One aggregate_train call" in capsys.readouterr().out
+    throughput = report["throughput"]
+    assert throughput["train_gflop"] > 0 and all(throughput[f"{kind}_{p}_gflops"] > 0
+                                                 for kind in ("matmul", "train") for p in ("fp32", "bf16"))
     assert report["config"]["device"] == "auto" and "gpu" not in report  # no GPU table on a CPU-only machine

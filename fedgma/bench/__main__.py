@@ -14,7 +14,9 @@ Measured side by side in one run, on the same data, model and local training:
 3. round time against clients per round, bare loop and simulation (a plot);
 4. the RSS of the whole process tree at the end of every round of a longer,
    light simulation, to show whether memory grows with rounds;
-5. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
+5. training throughput per core in fp32 and bf16 against the same core's
+   matrix-multiplication ceiling (``fedgma.bench.throughput``);
+6. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
    comparison's setup with 0.1, 0.25 and 0.5 GPU per client (seconds per round,
    ratio to the bare loop on the same GPU, GPU memory of one client process), and
    with ``--seed-experiment`` the end-to-end wall time of ``configs/seed-repo.toml``
@@ -44,6 +46,7 @@ from ..bare_loop import run_bare_loop
 from ..outputs import versions
 from ..settings import Settings
 from ..training import resolve_device
+from . import throughput
 from .aggregation import STRATEGIES, time_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="client-resources-num-cpus of the round-time simulations (1: two clients at once here)")
     parser.add_argument("--memory-rounds", type=int, default=12,
                         help="rounds of a light 100-client FedAvg run that tracks RSS per round (0 skips)")
+    parser.add_argument("--throughput-images", type=int, default=600,
+                        help="images of the one-core training-throughput measurement (0 skips it)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="run-config device of every run and of the bare loop (auto: CUDA if torch sees a GPU)")
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
         args.aggregation_k, args.scaling_k, args.memory_rounds = "5,10", "4,8", 3
+        args.throughput_images = min(args.throughput_images, 60)
     on_gpu = resolve_device(args.device).type == "cuda"  # a clear error now if cuda was asked for and is missing
     FLOWER_LOGGER.setLevel(logging.WARNING)
     out = Path(args.out).resolve()
@@ -158,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     def progress(text: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
+    if args.throughput_images:
+        progress(f"training throughput per core against the matmul ceiling ({args.throughput_images} images)")
+        report["throughput"] = throughput.measure(args.throughput_images, n=2048 if not args.quick else 512)
     with LocalFlower() as flower:
         progress(f"round time, {args.clients} clients, {args.rounds} rounds: bare loop")
         report["round_time"] = {"bare loop (fedavg)": bare(base | {"strategy": "fedavg"}, args.clients)}

@@ -26,7 +26,18 @@ def print_tables(report: dict[str, Any]) -> None:
         print(f"{s['clients']:>8}{s['bare loop']:>10.2f}{sim['median_round_s']:>14.2f}"
               f"{sim['median_round_s'] / s['bare loop']:>8.2f}{sim['peak_rss_bytes'] / 1e9:>17.2f}")
     print_memory(report)
+    print_throughput(report)
     print_gpu(report)
+
+
+def print_throughput(report: dict[str, Any]) -> None:
+    if "throughput" not in report:
+        return
+    t = report["throughput"]
+    print(f"\nOne core, GFLOP/s: matmul ceiling fp32 {t['matmul_fp32_gflops']:.0f}, bf16 {t['matmul_bf16_gflops']:.0f}; "
+          f"local training ({t['train_gflop']:.1f} GFLOP) fp32 {t['train_fp32_gflops']:.0f} "
+          f"({t['train_fp32_of_ceiling']:.0%} of ceiling), bf16 autocast {t['train_bf16_gflops']:.0f} "
+          f"({t['train_bf16_of_ceiling']:.0%} of ceiling); bf16 speed-up {t['bf16_speedup']:.2f}x")
 
 
 def print_gpu(report: dict[str, Any]) -> None:

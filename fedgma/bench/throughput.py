@@ -1,0 +1,74 @@
+"""Training throughput against the machine's own ceiling, per core, in fp32 and bf16.
+
+The ceiling is a square matrix multiplication (2n^3 FLOP) on one thread; the
+training figure is one client's local training (the seed's: 600 images, 3
+full-batch Adam steps) on one thread, its FLOP counted by torch's
+``FlopCounterMode`` (convolutions and matrix products, forward and backward).
+Measured one after the other in one process, best of a few repeats, so the gap
+between what the CNN reaches and what the cores can do is visible on any
+machine (a CPU without bf16 units shows a bf16 ceiling at or below fp32's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..data import ColoredData
+from ..model import build_model
+from ..training import prepare_model, train_local
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def best_seconds(work: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``work`` (after one warm-up call)."""
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def training_gflops(precision: str, images: int = 600, epochs: int = 3, repeats: int = 3) -> tuple[float, float]:
+    """(GFLOP/s, GFLOP per local training) of the seed's local training at ``precision``."""
+    rng = np.random.default_rng(0)
+    data = ColoredData(rng.integers(0, 256, (images, 3, 28, 28), dtype=np.uint8), rng.integers(0, 2, images))
+    model = prepare_model(build_model(1, seed=0))
+
+    def train() -> object:
+        return train_local(model, data, epochs, 0, "adam", 1e-3, precision=precision)
+
+    with FlopCounterMode(display=False) as counter:
+        train()
+    flop = counter.get_total_flops()
+    return flop / best_seconds(train, repeats) / 1e9, flop / 1e9
+
+
+def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """Per-core ceilings and training throughput in fp32 and bf16 (one torch thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = {}
+        for precision, dtype in zip(PRECISIONS, (torch.float32, torch.bfloat16)):
+            result[f"matmul_{precision}_gflops"] = matmul_gflops(dtype, n, repeats)
+            result[f"train_{precision}_gflops"], result["train_gflop"] = training_gflops(precision, images,
+                                                                                         repeats=repeats)
+            result[f"train_{precision}_of_ceiling"] = (result[f"train_{precision}_gflops"]
+                                                       / result[f"matmul_{precision}_gflops"])
+        result["bf16_speedup"] = result["train_bf16_gflops"] / result["train_fp32_gflops"]
+        return result
+    finally:
+        torch.set_num_threads(threads)
