@@ -2,7 +2,9 @@
 
 A run is an output folder with a ``metrics.json`` (written by the ServerApp).
 Runs whose configurations differ only by ``seed`` (and by where they read and
-write: ``output-dir``, ``data-dir``, ``resume``) form one group; a group's label
+write: ``output-dir``, ``data-dir``, ``resume``) form one group; a key that a run
+made by an older release does not record counts as that key's default (it did
+not exist then, and its default is the old behaviour); a group's label
 names the keys in which the groups differ. Everything here is pure Python on
 the loaded JSON, so every table can be rebuilt from committed ``metrics.json``
 files.
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..settings import Settings
+
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
 NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
 THRESHOLDS = (0.6, 0.7)
@@ -31,7 +35,8 @@ class RunResult:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.report["config"]
+        """The run's configuration, keys it does not record filled with today's defaults."""
+        return Settings().to_run_config() | self.report["config"]
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
