@@ -84,7 +84,8 @@ def client_fn(context: Context) -> ColoredMnistClient:
     threads = cpus_for_this_client(settings)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return ColoredMnistClient(settings, pid, _model(num_classes(settings.task), settings.device), client_data(settings, pid, count))
+    model = _model(num_classes(settings.task), settings.device)
+    return ColoredMnistClient(settings, pid, model, client_data(settings, pid, count))
 
 
 adapter = NumPyClientAdapter(client_fn)

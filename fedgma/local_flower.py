@@ -105,18 +105,19 @@ class LocalFlower:
             federation += f" client-resources-num-gpus={gpus_per_client}"
         command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config", federation]
         samples: list[tuple[float, int]] = []
-        gpu_peak = [0]
+        gpu_peak = 0
         done = threading.Event()
         start = time.perf_counter()
 
         def sample() -> None:
+            nonlocal gpu_peak
             while not done.wait(sample_every):
                 pids = pids_mentioning(str(self.root))
                 for pid in list(pids):
                     pids |= descendants(pid)
                 samples.append((time.time(), rss_bytes(pids)))
                 if gpus_per_client:
-                    gpu_peak[0] = max([gpu_peak[0], *gpu_memory_bytes(pids).values()])
+                    gpu_peak = max([gpu_peak, *gpu_memory_bytes(pids).values()])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -136,7 +137,7 @@ class LocalFlower:
             done.set()
             sampler.join()
         return FlowerRun("".join(lines), process.returncode, time.perf_counter() - start,
-                         max((b for _, b in samples), default=0), samples, gpu_peak[0])
+                         max((b for _, b in samples), default=0), samples, gpu_peak)
 
     def runs(self) -> list[dict]:
         """``flwr list`` of this setup's SuperLink, newest run first."""

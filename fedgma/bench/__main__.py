@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import tomllib
 import logging
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.common.logger import FLOWER_LOGGER
 
 from ..bare_loop import run_bare_loop
@@ -93,8 +94,6 @@ def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: P
 def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fractions: list[float], out: Path,
                 cpus_per_client: int, floor_s: float) -> list[dict[str, Any]]:
     """The round time with each fraction of a GPU per client (clients at once: GPUs / fraction, capped by CPUs)."""
-    import torch
-
     rows = []
     for fraction in fractions:
         run = simulation(flower, config, clients, out / f"gpu-{fraction}", cpus_per_client, fraction)

@@ -41,31 +41,34 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
-def training_gflops(precision: str, images: int = 600, epochs: int = 3, repeats: int = 3) -> tuple[float, float]:
-    """(GFLOP/s, GFLOP per local training) of the seed's local training at ``precision``."""
+def synthetic_partition(images: int) -> ColoredData:
+    """A partition of ``images`` random coloured images, the size of one seed client's."""
     rng = np.random.default_rng(0)
-    data = ColoredData(rng.integers(0, 256, (images, 3, 28, 28), dtype=np.uint8), rng.integers(0, 2, images))
+    return ColoredData(rng.integers(0, 256, (images, 3, 28, 28), dtype=np.uint8), rng.integers(0, 2, images))
+
+
+def local_training(data: ColoredData, precision: str, epochs: int = 3) -> Callable[[], object]:
+    """One seed client's local training (full-batch Adam) on a fresh model, as a callable to time."""
     model = prepare_model(build_model(1, seed=0))
-
-    def train() -> object:
-        return train_local(model, data, epochs, 0, "adam", 1e-3, precision=precision)
-
-    with FlopCounterMode(display=False) as counter:
-        train()
-    flop = counter.get_total_flops()
-    return flop / best_seconds(train, repeats) / 1e9, flop / 1e9
+    return lambda: train_local(model, data, epochs, 0, "adam", 1e-3, precision=precision)
 
 
 def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """Per-core ceilings and training throughput in fp32 and bf16 (one torch thread)."""
+    """Per-core ceilings and training throughput in fp32 and bf16 (one torch thread).
+
+    The training's FLOP are counted once: both precisions run the same operations.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = {}
+        data = synthetic_partition(images)
+        with FlopCounterMode(display=False) as counter:
+            local_training(data, "fp32")()
+        flop = counter.get_total_flops()
+        result = {"train_gflop": flop / 1e9}
         for precision, dtype in zip(PRECISIONS, (torch.float32, torch.bfloat16)):
             result[f"matmul_{precision}_gflops"] = matmul_gflops(dtype, n, repeats)
-            result[f"train_{precision}_gflops"], result["train_gflop"] = training_gflops(precision, images,
-                                                                                         repeats=repeats)
+            result[f"train_{precision}_gflops"] = flop / best_seconds(local_training(data, precision), repeats) / 1e9
             result[f"train_{precision}_of_ceiling"] = (result[f"train_{precision}_gflops"]
                                                        / result[f"matmul_{precision}_gflops"])
         result["bf16_speedup"] = result["train_bf16_gflops"] / result["train_fp32_gflops"]

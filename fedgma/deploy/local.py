@@ -31,10 +31,9 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
-
-from importlib.metadata import version as installed_version
 
 from packaging.version import Version
 
@@ -69,7 +68,8 @@ def check_transport(transport: str) -> str:
             "pip install 'flwr[simulation]==1.39.0', or use --transport http."
             if transport == "grpc" else
             f"--transport http is not possible: {installed}, whose SuperNode speaks gRPC only (grpc-rere; HTTP "
-            "SuperNodes came with 1.40). Install pip install 'flwr[simulation]>=1.41,<1.43', or use --transport grpc.")
+            "SuperNodes came with 1.40). Install a newer release, pip install 'flwr[simulation]>=1.41,<1.43', or use "
+            "--transport grpc.")
     return transport
 
 
@@ -172,7 +172,7 @@ class Deployment:
         self._spawn("superlink", command)
         self.write_connection()
         deadline = time.time() + wait
-        while not (_accepts_connections(self.port) and _accepts_connections(self.fleet_port)):
+        while not all(_accepts_connections(port) for port in {self.port, self.fleet_port}):
             if not self.alive("superlink") or time.time() > deadline:
                 raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
