@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .outputs import CHECKPOINT
-from .settings import ConfigError, Settings
+from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings
 
 #: Keys a resumed run may change: where it reads and writes, whether it resumes, how many rounds it has.
 MAY_CHANGE_ON_RESUME = ("num-rounds", "resume", "output-dir", "data-dir")
@@ -78,11 +78,14 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def check_resumable(checkpoint: Checkpoint, settings: Settings) -> None:
-    """Refuse to resume with another configuration, or with fewer rounds than already done."""
-    differing = config_differences(checkpoint.config, settings.to_run_config())
+    """Refuse to resume with another configuration, or with fewer rounds than already done.
+
+    A key the checkpoint lacks (written before the key existed) counts as that key's default.
+    """
+    saved, current = DEFAULT_RUN_CONFIG | checkpoint.config, settings.to_run_config()
+    differing = config_differences(saved, current)
     if differing:
-        details = "; ".join(f"'{k}': checkpoint {checkpoint.config.get(k)!r}, now "
-                            f"{settings.to_run_config().get(k)!r}" for k in differing)
+        details = "; ".join(f"'{k}': checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
         raise ConfigError(f"Cannot resume: the run config differs from the checkpoint's in {details}. "
                           f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change.")
     if settings.num_rounds < checkpoint.round:

@@ -146,6 +146,11 @@ class Settings:
         return [(f.name.replace("_", "-"), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
 
 
+#: Today's default of every key: what a run made before a key existed ran with (the
+#: keys added since all default to the behaviour from before they existed).
+DEFAULT_RUN_CONFIG = Settings().to_run_config()
+
+
 def _check(key: str, value: Any, spec: dataclasses.Field) -> Any:
     """Type- and range-check one value against its field declaration."""
     expected = {"int": int, "float": float, "str": str, "bool": bool}[spec.type]

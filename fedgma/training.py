@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .allocator import keep_freed_memory
 from .data import ColoredData
 from .settings import ConfigError
 
@@ -82,7 +83,9 @@ def to_input(images: torch.Tensor, pixel_divisor: float = 255.0) -> torch.Tensor
 
 
 def prepare_model(model: nn.Module, device: torch.device = torch.device("cpu")) -> nn.Module:
-    """Put a model on ``device``, in the channels-last layout that ``to_input`` produces."""
+    """Put a model on ``device``, in the channels-last layout that ``to_input`` produces,
+    and make this process keep freed memory for the next step (:mod:`fedgma.allocator`)."""
+    keep_freed_memory()
     return model.to(device=device, memory_format=torch.channels_last)
 
 

@@ -4,6 +4,7 @@ import pytest
 import tomllib
 from conftest import REPO
 
+from fedgma.checkpoint import Checkpoint, check_resumable
 from fedgma.settings import ConfigError, Settings
 
 
@@ -47,3 +48,13 @@ def test_ready_made_config_files_are_valid():
     for path in sorted((REPO / "configs").glob("*.toml")):
         Settings.from_run_config(tomllib.loads(path.read_text()))
     assert {"seed-repo.toml", "paper.toml"} <= {p.name for p in (REPO / "configs").glob("*.toml")}
+
+
+def test_resume_counts_keys_a_checkpoint_lacks_as_their_default():
+    """A checkpoint written before a key existed resumes under that key's default, and only then."""
+    old = Settings().to_run_config()
+    del old["device"]
+    checkpoint = Checkpoint(round=3, arrays={}, strategy_state={}, rows=[], config=old, report={}, random_states={})
+    check_resumable(checkpoint, Settings())
+    with pytest.raises(ConfigError, match="'device': checkpoint 'auto', now 'cpu'"):
+        check_resumable(checkpoint, Settings(device="cpu"))

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings
+from ..settings import DEFAULT_RUN_CONFIG
 
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
 NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
-#: Today's default of every key, for runs made before a key existed.
-DEFAULTS = Settings().to_run_config()
 THRESHOLDS = (0.6, 0.7)
 
 
@@ -38,7 +36,7 @@ class RunResult:
     @property
     def config(self) -> dict[str, Any]:
         """The run's configuration, keys it does not record filled with today's defaults."""
-        return DEFAULTS | self.report["config"]
+        return DEFAULT_RUN_CONFIG | self.report["config"]
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
