@@ -56,5 +56,5 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     assert "One aggregate_train call" in capsys.readouterr().out
     throughput = report["throughput"]
     assert throughput["train_gflop"] > 0 and all(throughput[f"{kind}_{p}_gflops"] > 0
-                                                 for kind in ("matmul", "train") for p in ("fp32", "bf16"))
+                                                 for kind in ("matmul", "train", "train_as_seed") for p in ("fp32", "bf16"))
     assert report["config"]["device"] == "auto" and "gpu" not in report  # no GPU table on a CPU-only machine

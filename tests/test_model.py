@@ -6,25 +6,17 @@ import platform
 
 import pytest
 import torch
-from torch import nn
 
 from fedgma.allocator import keep_freed_memory
-from fedgma.model import build_model
+from fedgma.model import build_model, seed_layer_order
 from fedgma.training import loss_and_correct, prepare_model, to_input
-
-
-def seed_order(model: nn.Module) -> nn.Module:
-    """The model with its layers in the seed repository's conv -> ReLU -> pool order."""
-    conv1, pool1, relu1, conv2, pool2, relu2 = model.features
-    model.features = nn.Sequential(conv1, relu1, pool1, conv2, relu2, pool2)
-    return prepare_model(model)
 
 
 @pytest.mark.parametrize("outputs", [1, 10])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pool_then_relu_gives_the_seed_order_outputs_and_gradients_exactly(outputs, dtype):
     ours = prepare_model(build_model(outputs, seed=3))
-    theirs = seed_order(build_model(outputs, seed=3))
+    theirs = prepare_model(seed_layer_order(build_model(outputs, seed=3)))
     generator = torch.Generator().manual_seed(0)
     images = to_input(torch.randint(0, 256, (64, 3, 28, 28), dtype=torch.uint8, generator=generator))
     labels = torch.randint(0, outputs if outputs > 1 else 2, (64,), generator=generator)
@@ -41,5 +33,5 @@ def test_pool_then_relu_gives_the_seed_order_outputs_and_gradients_exactly(outpu
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_the_allocator_keeps_freed_memory_on_glibc():
-    assert keep_freed_memory()
+def test_the_allocator_settings_apply_on_glibc():
+    assert keep_freed_memory(False) and keep_freed_memory()

@@ -37,7 +37,9 @@ def print_throughput(report: dict[str, Any]) -> None:
     print(f"\nOne core, GFLOP/s: matmul ceiling fp32 {t['matmul_fp32_gflops']:.0f}, bf16 {t['matmul_bf16_gflops']:.0f}; "
           f"local training ({t['train_gflop']:.1f} GFLOP) fp32 {t['train_fp32_gflops']:.0f} "
           f"({t['train_fp32_of_ceiling']:.0%} of ceiling), bf16 autocast {t['train_bf16_gflops']:.0f} "
-          f"({t['train_bf16_of_ceiling']:.0%} of ceiling); bf16 speed-up {t['bf16_speedup']:.2f}x")
+          f"({t['train_bf16_of_ceiling']:.0%} of ceiling); bf16 speed-up {t['bf16_speedup']:.2f}x; "
+          f"against the seed's layer order and glibc's allocator: {t['app_speedup_fp32']:.2f}x in fp32, "
+          f"{t['app_speedup_bf16']:.2f}x in bf16")
 
 
 def print_gpu(report: dict[str, Any]) -> None:
