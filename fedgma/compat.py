@@ -98,6 +98,11 @@ class LegacyGuard(Strategy):
         parameters, metrics = self.strategy.aggregate_fit(server_round, [result for result, _ in accepted], [])
         return parameters, dict(metrics or {}) | _mean_metrics(accepted)
 
+    @property
+    def references(self) -> dict[str, np.ndarray]:
+        """The round's global arrays by layer name ("0", "1", ...: the legacy API has no names)."""
+        return {str(i): array for i, array in enumerate(self.current)}
+
     def _screen(self, results: list[Result], failures: list) -> tuple[ScreenedReplies, list]:
         """Accepted (result, arrays) pairs in partition (then client id) order, and the counts."""
         screened = ScreenedReplies()
@@ -106,8 +111,8 @@ class LegacyGuard(Strategy):
             screened.fail(f"a client failed: {short_reason(reason)}")
         for _ in range(max(0, self.sent - len(results) - len(failures))):
             screened.fail("a client did not reply before the round timeout")
-        names = [str(i) for i in range(len(self.current))]
-        reference = dict(zip(names, self.current))
+        reference = self.references
+        names = list(reference)
         accepted = []
         for proxy, fit_res in results:
             try:
@@ -161,17 +166,16 @@ class LegacyGMA(LegacyGuard):
 
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
-        masked, masks, agreements = [], {}, {}
-        for i, reference in enumerate(self.current):
-            layer, masks[str(i)], agreements[str(i)] = gma_layer(
-                reference, [arrays[i] for _, arrays in accepted], weights, self.tau, self.mask,
-                weights if self.weighted_agreement else None)
-            masked.append(layer)
+        layers = {str(i): gma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.tau, self.mask,
+                                    weights if self.weighted_agreement else None)
+                  for i, reference in enumerate(self.current)}
         (proxy, first), _ = accepted[0]
-        aggregate = FitRes(Status(Code.OK, "masked mean"), ndarrays_to_parameters(masked), int(sum(weights)), {})
+        aggregate = FitRes(Status(Code.OK, "masked mean"), ndarrays_to_parameters([layer.weights for layer in
+                                                                                   layers.values()]),
+                           int(sum(weights)), {})
         parameters, inner = self.strategy.aggregate_fit(server_round, [(proxy, aggregate)], [])
         log(INFO, "LegacyGMA: masked mean of %d results goes to %s", len(accepted), type(self.strategy).__name__)
-        return parameters, dict(inner or {}) | _mean_metrics(accepted) | mask_statistics(masks, agreements)
+        return parameters, dict(inner or {}) | _mean_metrics(accepted) | mask_statistics(self.references, layers)
 
 
 class LegacyFedGMA(LegacyGuard):
@@ -194,12 +198,11 @@ class LegacyFedGMA(LegacyGuard):
 
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
-        layers = len(self.current)
-        new, masks, agreements = [], {}, {}
+        count = len(self.current)
+        layers = {}
         for i, reference in enumerate(self.current):
-            gradients = [arrays[layers + i] for _, arrays in accepted] if self.direction == "gradient" else None
-            layer, masks[str(i)], agreements[str(i)] = fedgma_layer(
-                reference, [arrays[i] for _, arrays in accepted], weights, self.p, self.server_lr, gradients,
-                weights if self.weighted_agreement else None)
-            new.append(layer)
-        return ndarrays_to_parameters(new), _mean_metrics(accepted) | mask_statistics(masks, agreements)
+            gradients = [arrays[count + i] for _, arrays in accepted] if self.direction == "gradient" else None
+            layers[str(i)] = fedgma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.p,
+                                          self.server_lr, gradients, weights if self.weighted_agreement else None)
+        return (ndarrays_to_parameters([layer.weights for layer in layers.values()]),
+                _mean_metrics(accepted) | mask_statistics(self.references, layers))

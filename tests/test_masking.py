@@ -5,8 +5,12 @@ import pytest
 
 from fedgma.strategies.masking import (
     apply_mask_to_update,
+    MaskedLayer,
     build_mask,
+    fedgma_layer,
+    gma_layer,
     hard_mask,
+    mask_effect,
     mask_statistics,
     sign_agreement,
     soft_mask,
@@ -91,7 +95,23 @@ def test_statistics_by_layer():
     agreements = {"a": sign_agreement([arr(1, 1), arr(1, -1)]), "b": sign_agreement([arr(-1), arr(-1)])}
     masks = {name: hard_mask(a, 0.5) for name, a in agreements.items()}
     assert masks["a"].tolist() == [1, 0] and masks["b"].tolist() == [1]
-    stats = mask_statistics(masks, agreements)
+    references = {"a": arr(0, 0), "b": arr(0)}
+    # The averaged update is (3, 0) and (4): norm 5. Masking moves layer b by 2.5, layer a not at all.
+    layers = {"a": MaskedLayer(arr(3, 0), arr(3, 0), masks["a"], agreements["a"]),
+              "b": MaskedLayer(arr(6.5), arr(4), masks["b"], agreements["b"])}
+    stats = mask_statistics(references, layers)
     assert stats["mask-density"] == pytest.approx(2 / 3)
     assert stats["mean-agreement"] == pytest.approx(2 / 3)
     assert stats["mask-density/a"] == 0.5 and stats["mask-density/b"] == 1.0
+    assert stats["mask-effect"] == pytest.approx(0.5)
+
+
+def test_mask_effect_is_zero_without_masking_and_server_step():
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal(20).astype(np.float32)
+    clients = [reference + rng.standard_normal(20).astype(np.float32) for _ in range(4)]
+    untouched = {"w": fedgma_layer(reference, clients, [1, 2, 3, 4], 0.0, 0.0)}
+    assert mask_effect({"w": reference}, untouched) == 0.0
+    full_step = {"w": fedgma_layer(reference, clients, [1, 2, 3, 4], 0.0, 1.0)}  # pseudo-gradient, all kept
+    assert mask_effect({"w": reference}, full_step) == pytest.approx(1.0, rel=1e-5)
+    assert mask_effect({"w": reference}, {"w": gma_layer(reference, clients, [1, 1, 1, 1], 0.0, "hard")}) == 0.0

@@ -24,6 +24,10 @@ def _pyplot():
     return plt
 
 
+#: Metrics that span orders of magnitude across configurations (a server step of 1e-4 against 1).
+LOG_SCALE = ("mask-effect",)
+
+
 def _band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Rounds common to all the group's runs, and the mean, min and max of ``key`` there."""
     series = [dict(run.series(key)) for run in group.runs]
@@ -51,6 +55,8 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
             drawn = True
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
+        if key in LOG_SCALE:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
@@ -102,7 +108,9 @@ def plot_all(groups: list[Group], out: Path, title: str = "") -> list[Path]:
                           out / "accuracy.png", title):
         written.append(out / "accuracy.png")
     if plot_metric_panels(groups, [("mask-density", "mask density (fraction kept)"),
-                                   ("mean-agreement", "mean sign agreement")], out / "mask.png", title):
+                                   ("mean-agreement", "mean sign agreement"),
+                                   ("mask-effect", "mask effect ||w_new - w_avg|| / ||w_avg - w_t||")],
+                          out / "mask.png", title):
         written.append(out / "mask.png")
     if plot_layer_density(groups, out / "mask_layers.png", title):
         written.append(out / "mask_layers.png")

@@ -118,8 +118,9 @@ def summarise(group: Group) -> dict[str, Any]:
         hits = [x for x in reached if x is not None]
         row[f"rounds-to-{threshold:g}"] = statistics.fmean(hits) if hits else math.nan
         row[f"reached-{threshold:g}"] = len(hits)
-    densities = [v for r in runs for rnd, v in r.series("mask-density") if rnd > 0]
-    row["mask-density-mean"] = statistics.fmean(densities) if densities else math.nan
+    for key in ("mask-density", "mask-effect"):
+        values = [v for r in runs for rnd, v in r.series(key) if rnd > 0]
+        row[f"{key}-mean"] = statistics.fmean(values) if values else math.nan
     row["wall-minutes-mean"] = statistics.fmean(r.report.get("wall-seconds", math.nan) for r in runs) / 60
     row["num-clients"] = max(int(r.report.get("num-clients", 0)) for r in runs)
     return row
@@ -140,7 +141,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
     header = ("| configuration | n | final OOD acc | best OOD acc | final ID acc | rounds to 0.6 OOD "
-              "| rounds to 0.7 OOD | mask density | wall min |\n|---|---|---|---|---|---|---|---|---|")
+              "| rounds to 0.7 OOD | mask density | mask effect | wall min |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         def pm(name: str) -> str:
@@ -151,6 +152,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             return "never" if hits == 0 else f"{mean:.1f}" + ("" if hits == row["n"] else f" ({hits}/{row['n']})")
 
         density = "-" if math.isnan(row["mask-density-mean"]) else f"{row['mask-density-mean']:.3f}"
+        effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('best-ood')} | "
-                     f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {row['wall-minutes-mean']:.1f} |")
+                     f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
+                     f"{row['wall-minutes-mean']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -83,11 +83,11 @@ class FedGMA(ReplyGuard):
                            replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         weights = [r.num_examples for r in replies]
         sign_weights = weights if self.weighted_agreement else None
-        new_arrays, masks, agreements = {}, {}, {}
+        layers = {}
         for name, reference in self.current_arrays.items():
             gradients = [r.arrays[GRADIENT][name] for r in replies] if self.direction == "gradient" else None
-            new_arrays[name], masks[name], agreements[name] = fedgma_layer(
-                reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.p, self.server_lr,
-                gradients, sign_weights)
+            layers[name] = fedgma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.p,
+                                        self.server_lr, gradients, sign_weights)
         metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
-        return encode(new_arrays), MetricRecord(dict(metrics) | mask_statistics(masks, agreements))
+        return (encode({name: layer.weights for name, layer in layers.items()}),
+                MetricRecord(dict(metrics) | mask_statistics(self.current_arrays, layers)))

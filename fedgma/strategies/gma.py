@@ -77,17 +77,16 @@ class GMA(ReplyGuard):
                            replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         weights = [r.num_examples for r in replies]
         sign_weights = weights if self.weighted_agreement else None
-        masked_mean, masks, agreements = {}, {}, {}
-        for name, reference in self.current_arrays.items():
-            masked_mean[name], masks[name], agreements[name] = gma_layer(
-                reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau, self.mask, sign_weights)
+        layers = {name: gma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau,
+                                  self.mask, sign_weights)
+                  for name, reference in self.current_arrays.items()}
         aggregate = replies[0].message  # reused as the carrier of the masked mean
         metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
         for key in list(aggregate.content.metric_records):
             del aggregate.content[key]
-        aggregate.content[WEIGHTS] = encode(masked_mean)
+        aggregate.content[WEIGHTS] = encode({name: layer.weights for name, layer in layers.items()})
         aggregate.content["metrics"] = MetricRecord(dict(metrics) | {NUM_EXAMPLES: sum(weights)})
         log(INFO, "GMA: masked mean of %d replies goes to %s as one aggregate", len(replies),
             type(self.strategy).__name__)
         arrays, inner_metrics = self.strategy.aggregate_train(server_round, [aggregate])
-        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(masks, agreements))
+        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(self.current_arrays, layers))

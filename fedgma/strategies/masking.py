@@ -19,7 +19,8 @@ scheme is compatible with secure aggregation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -113,10 +114,19 @@ def apply_mask_to_update(reference: np.ndarray, client: np.ndarray, mask: np.nda
     return out
 
 
+class MaskedLayer(NamedTuple):
+    """One layer of a masked aggregation."""
+
+    weights: np.ndarray  # the layer's new value
+    average: np.ndarray  # plain weighted averaging's value (FedAvg's w_bar), for comparison
+    mask: np.ndarray
+    agreement: np.ndarray
+
+
 def fedgma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
                  threshold: float, server_lr: float, gradients: Sequence[np.ndarray] | None = None,
-                 sign_weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One layer of FedGMA (workshop version): (w_{t+1}, mask, agreement).
+                 sign_weights: Sequence[float] | None = None) -> MaskedLayer:
+    """One layer of FedGMA (workshop version).
 
     w_{t+1} = w_bar - server_lr * m * d_bar, with w_bar the weighted mean of the
     clients' weights and d_bar the weighted mean direction: the clients' last
@@ -132,30 +142,42 @@ def fedgma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], ex
         agreement = sign_agreement(client_weights, sign_weights, reference=reference)
         direction = reference - mean_weights
     mask = hard_mask(agreement, threshold)
-    return mean_weights - server_lr * (mask * direction), mask, agreement
+    return MaskedLayer(mean_weights - server_lr * (mask * direction), mean_weights, mask, agreement)
 
 
 def gma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
-              threshold: float, kind: str, sign_weights: Sequence[float] | None = None,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One layer of GMA (journal version): (w_t + m * (w_bar - w_t), mask, agreement), m the ``kind``
+              threshold: float, kind: str, sign_weights: Sequence[float] | None = None) -> MaskedLayer:
+    """One layer of GMA (journal version): w_t + m * (w_bar - w_t), m the ``kind``
     mask of the sign agreement of the updates w_k - w_t at ``threshold``."""
     agreement = sign_agreement(client_weights, sign_weights, reference=reference)
     mask = build_mask(agreement, threshold, kind)
-    return apply_mask_to_update(reference, weighted_mean(client_weights, example_weights), mask), mask, agreement
+    mean_weights = weighted_mean(client_weights, example_weights)
+    return MaskedLayer(apply_mask_to_update(reference, mean_weights, mask), mean_weights, mask, agreement)
 
 
-def mask_statistics(masks: dict[str, np.ndarray], agreements: dict[str, np.ndarray]) -> dict[str, float]:
+def mask_effect(references: Mapping[str, np.ndarray], layers: Mapping[str, MaskedLayer]) -> float:
+    """||w_new - w_bar|| / ||w_bar - w_t|| over all layers: how far masking moves the
+    round's result away from plain averaging, relative to the averaged update itself
+    (0: masking changed nothing; 1: a change as large as the update)."""
+    moved = sum(float(np.sum((layer.weights - layer.average) ** 2, dtype=np.float64)) for layer in layers.values())
+    update = sum(float(np.sum((layer.average - references[name]) ** 2, dtype=np.float64))
+                 for name, layer in layers.items())
+    return float(np.sqrt(moved / update)) if update > 0 else 0.0
+
+
+def mask_statistics(references: Mapping[str, np.ndarray], layers: Mapping[str, MaskedLayer]) -> dict[str, float]:
     """Round diagnostics: the fraction of coordinates fully kept (``mask-density``,
     overall and ``mask-density/<layer>``), the mean mask value (``mask-mean``,
-    equal to the density for a hard mask) and the mean sign agreement
-    (``mean-agreement``)."""
+    equal to the density for a hard mask), the mean sign agreement
+    (``mean-agreement``) and :func:`mask_effect` (``mask-effect``)."""
+    masks = {name: layer.mask for name, layer in layers.items()}
     size = sum(m.size for m in masks.values())
     kept = {name: np.count_nonzero(m == 1) for name, m in masks.items()}
     stats = {
         "mask-density": float(sum(kept.values()) / size),
         "mask-mean": float(sum(float(m.sum(dtype=np.float64)) for m in masks.values()) / size),
-        "mean-agreement": float(sum(float(a.sum()) for a in agreements.values()) / size),
+        "mean-agreement": float(sum(float(layer.agreement.sum()) for layer in layers.values()) / size),
+        "mask-effect": mask_effect(references, layers),
     }
     stats.update({f"mask-density/{name}": float(kept[name] / masks[name].size) for name in masks})
     return stats
