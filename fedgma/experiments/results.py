@@ -122,6 +122,9 @@ def summarise(group: Group) -> dict[str, Any]:
         values = [v for r in runs for rnd, v in r.series(key) if rnd > 0]
         row[f"{key}-mean"] = statistics.fmean(values) if values else math.nan
     row["wall-minutes-mean"] = statistics.fmean(r.report.get("wall-seconds", math.nan) for r in runs) / 60
+    # The median is robust to the first round (workers start) and the odd round slowed by other work.
+    seconds = [v for r in runs for rnd, v in r.series("seconds") if rnd > 0]
+    row["round-seconds-median"] = statistics.median(seconds) if seconds else math.nan
     row["num-clients"] = max(int(r.report.get("num-clients", 0)) for r in runs)
     return row
 
@@ -141,7 +144,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
     header = ("| configuration | n | final OOD acc | best OOD acc | final ID acc | rounds to 0.6 OOD "
-              "| rounds to 0.7 OOD | mask density | mask effect | wall min |\n|---|---|---|---|---|---|---|---|---|---|")
+              "| rounds to 0.7 OOD | mask density | mask effect | wall min | s per round (median) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         def pm(name: str) -> str:
@@ -155,5 +159,5 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('best-ood')} | "
                      f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
-                     f"{row['wall-minutes-mean']:.1f} |")
+                     f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |")
     return "\n".join(lines) + "\n"
