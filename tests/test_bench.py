@@ -57,4 +57,6 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     throughput = report["throughput"]
     assert throughput["train_gflop"] > 0 and all(throughput[f"{kind}_{p}_gflops"] > 0
                                                  for kind in ("matmul", "train", "train_as_seed") for p in ("fp32", "bf16"))
+    shares = throughput["time_by_operator_fp32"]
+    assert "aten::convolution_backward" in shares and sum(shares.values()) == pytest.approx(1.0)
     assert report["config"]["device"] == "auto" and "gpu" not in report  # no GPU table on a CPU-only machine

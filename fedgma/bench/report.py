@@ -40,6 +40,9 @@ def print_throughput(report: dict[str, Any]) -> None:
           f"({t['train_bf16_of_ceiling']:.0%} of ceiling); bf16 speed-up {t['bf16_speedup']:.2f}x; "
           f"against the seed's layer order and glibc's allocator: {t['app_speedup_fp32']:.2f}x in fp32, "
           f"{t['app_speedup_bf16']:.2f}x in bf16")
+    for precision in ("fp32", "bf16"):
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in t[f"time_by_operator_{precision}"].items())
+        print(f"  {precision} local training, time by operator: {shares}")
 
 
 def print_gpu(report: dict[str, Any]) -> None:

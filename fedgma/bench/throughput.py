@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,8 +73,25 @@ def local_training(data: ColoredData, precision: str, epochs: int = 3, as_seed: 
     return train
 
 
-def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """Per-core ceilings and training throughput in fp32 and bf16 (one torch thread).
+def time_by_operator(work: Callable[[], object], top: int = 6) -> dict[str, float]:
+    """Share of ``work``'s CPU time per torch operator (self time), the ``top`` largest and the rest.
+
+    Operators of one name are summed across layers (both convolutions' backward
+    passes are one ``aten::convolution_backward``).
+    """
+    work()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        work()
+    times = sorted(((event.key, event.self_cpu_time_total) for event in profiler.key_averages()),
+                   key=lambda item: -item[1])
+    total = sum(t for _, t in times)
+    shares = {name: t / total for name, t in times[:top]}
+    return shares | {"other": 1.0 - sum(shares.values())}
+
+
+def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, Any]:
+    """Per-core ceilings and training throughput in fp32 and bf16 (one torch thread), and
+    where the training's time goes per operator.
 
     The training's FLOP are counted once: both precisions run the same operations.
     """
@@ -94,6 +112,7 @@ def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, flo
                                                  / result[f"train_as_seed_{precision}_gflops"])
             result[f"train_{precision}_of_ceiling"] = (result[f"train_{precision}_gflops"]
                                                        / result[f"matmul_{precision}_gflops"])
+            result[f"time_by_operator_{precision}"] = time_by_operator(local_training(data, precision))
         result["bf16_speedup"] = result["train_bf16_gflops"] / result["train_fp32_gflops"]
         return result
     finally:
