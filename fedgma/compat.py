@@ -170,9 +170,8 @@ class LegacyGMA(LegacyGuard):
                                     weights if self.weighted_agreement else None)
                   for i, reference in enumerate(self.current)}
         (proxy, first), _ = accepted[0]
-        aggregate = FitRes(Status(Code.OK, "masked mean"), ndarrays_to_parameters([layer.weights for layer in
-                                                                                   layers.values()]),
-                           int(sum(weights)), {})
+        masked_mean = ndarrays_to_parameters([layer.weights for layer in layers.values()])
+        aggregate = FitRes(Status(Code.OK, "masked mean"), masked_mean, int(sum(weights)), {})
         parameters, inner = self.strategy.aggregate_fit(server_round, [(proxy, aggregate)], [])
         log(INFO, "LegacyGMA: masked mean of %d results goes to %s", len(accepted), type(self.strategy).__name__)
         return parameters, dict(inner or {}) | _mean_metrics(accepted) | mask_statistics(self.references, layers)
