@@ -117,3 +117,13 @@ def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, Any
         return result
     finally:
         torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":  # python -m fedgma.bench.throughput: this part of the benchmark alone (about a minute)
+    import json
+
+    from .report import print_throughput
+
+    measured = measure()
+    print(json.dumps(measured, indent=1))
+    print_throughput({"throughput": measured})
