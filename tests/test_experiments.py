@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,6 +65,7 @@ def fake_run(folder, seed, ood, density=None, **config):
         "status": "completed", "config": {"seed": seed, "num-rounds": len(ood) - 1, "output-dir": str(folder),
                                           **config},
         "num-clients": 10, "wall-seconds": 120.0, "rounds": rows}))
+    (folder / "metrics.csv").write_text("round,ood-accuracy\n")
 
 
 def test_table_and_plots_from_output_folders(tmp_path):
@@ -100,6 +102,40 @@ def test_config_command_joins_a_file_and_overrides(capsys):
     printed = capsys.readouterr().out.strip()
     assert "num-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "lr=abc"]) == 2
+
+
+# --- the runner reuses identical runs of other grids -----------------------------------------------
+class RecordingFlower:
+    """Stands in for LocalFlower: records what would have run, runs nothing."""
+
+    def __init__(self):
+        self.output_dirs = []
+
+    def run(self, app_dir, config, supernodes, cpus_per_client, **kwargs):
+        self.output_dirs.append(config["output-dir"])
+        return SimpleNamespace(output="")
+
+
+def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, capsys):
+    grid_file = tmp_path / "b.toml"
+    grid_file.write_text('supernodes = 10\n[config]\nnum-rounds = 3\n[vary]\nseed = [0, 1]\n')
+    results = tmp_path / "results"
+    stored = Settings.from_run_config({"num-rounds": 3}).to_run_config()
+    del stored["seed"]
+    fake_run(results / "a" / "strategy=fedgma__seed=0", 0, [0.5, 0.6, 0.7, 0.8], **stored)
+    fake_run(results / "a" / "p=0.5__seed=1", 1, [0.5, 0.6, 0.7, 0.8], **(stored | {"p": 0.5}))
+    flower = RecordingFlower()
+    outcomes = run_grid(load_grid(str(grid_file)), results, flower=flower)
+
+    assert [o.status for o in outcomes] == ["reused", "failed: no metrics.json (see the output above)"]
+    copied = json.loads((results / "b" / "seed=0" / "metrics.json").read_text())
+    assert copied["reused-from"] == "a/strategy=fedgma__seed=0" and copied["rounds"][-1]["ood-accuracy"] == 0.8
+    assert flower.output_dirs == [str(results / "b" / "seed=1")]  # seed 1 differs from a's run in p: it runs
+    assert "its metrics copied, not run again" in capsys.readouterr().out
+    assert (results / "b" / "seed=0" / "metrics.csv").read_text() == "round,ood-accuracy\n"
+    # --no-reuse runs every run
+    assert run_grid(load_grid(str(grid_file)), tmp_path / "other", flower=flower, reuse=False)
+    assert len(flower.output_dirs) == 3
 
 
 # --- the runner resumes a grid -------------------------------------------------------------------

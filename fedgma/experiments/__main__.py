@@ -22,7 +22,7 @@ from ..settings import Settings
 from .grid import REPO, available_grids, load_grid
 from .plots import plot_all
 from .results import group_runs, load_runs, summary_rows, to_csv, to_markdown
-from .runner import run_grid, run_state, stop_on_sigterm
+from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
 RESULTS = REPO / "results"
 DOCS = REPO / "docs" / "results"
@@ -42,8 +42,9 @@ def _list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     stop_on_sigterm()
-    outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60)
-    failed = [o for o in outcomes if o.status not in ("completed", "skipped")]
+    outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60,
+                        reuse=not args.no_reuse)
+    failed = [o for o in outcomes if o.status not in ("completed", "skipped", REUSED)]
     print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already done; "
           f"{len(failed)} failed" + "".join(f"\n  {o.run.name}: {o.status}" for o in failed))
     return 1 if failed else 0
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files")
     running.add_argument("--only", default="", help="run only the runs whose name contains this text")
     running.add_argument("--timeout", type=float, default=360, help="minutes one run may take (default 360)")
+    running.add_argument("--no-reuse", action="store_true",
+                         help="run even the runs that equal a completed run of another grid (default: copy those)")
     running.set_defaults(func=_run)
     for name, helptext, kinds in (("plot", "plots from output folders", dict(tables=False)),
                                   ("table", "summary table from output folders", dict(plots=False))):

@@ -70,14 +70,18 @@ def load_runs(paths: list[Path], completed_only: bool = True) -> list[RunResult]
     return [r for r in runs if r.completed] if completed_only else runs
 
 
+def configuration_of(config: dict[str, Any], with_seed: bool = False) -> tuple:
+    """A run config as a comparable value: every key but paths (and but the seed unless ``with_seed``),
+    unrecorded keys at their defaults."""
+    ignored = set(NOT_CONFIGURATION) - ({"seed"} if with_seed else set())
+    return tuple(sorted((k, json.dumps(v)) for k, v in (DEFAULT_RUN_CONFIG | config).items() if k not in ignored))
+
+
 def group_runs(runs: list[RunResult]) -> list[Group]:
     """Runs grouped by configuration (all keys but seed and paths), in first-seen order."""
-    def identity(run: RunResult) -> tuple:
-        return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items() if k not in NOT_CONFIGURATION))
-
     groups: dict[tuple, list[RunResult]] = {}
     for run in runs:
-        groups.setdefault(identity(run), []).append(run)
+        groups.setdefault(configuration_of(run.config), []).append(run)
     configs = [members[0].config for members in groups.values()]
     differing = [key for key in configs[0] if key not in NOT_CONFIGURATION
                  and len({json.dumps(c.get(key)) for c in configs}) > 1] if configs else []

@@ -3,8 +3,13 @@
 Each run writes into ``<results>/<grid>/<run name>/``. Running a grid again
 skips the runs whose ``metrics.json`` says ``completed`` with every round, and
 continues an interrupted run from its last round checkpoint (``resume=true``);
-a run without a checkpoint starts again from round 0. Progress over runs and
-rounds goes to stdout, one line per round.
+a run without a checkpoint starts again from round 0. A new run whose
+configuration, seed and federation size equal a completed run of another grid
+(the sweep grids share their baseline runs) is not run again: that run's
+``metrics.json`` and ``metrics.csv`` are copied, with ``reused-from`` naming it;
+runs are deterministic (README "Interrupting, resuming and rerunning"), so the
+copy is what the run would have written. Progress over runs and rounds goes to
+stdout, one line per round.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from typing import Any
 
 from ..local_flower import LocalFlower
 from ..outputs import CHECKPOINT
+from ..settings import Settings
 from .grid import REPO, Grid, Run
+from .results import RunResult, configuration_of, load_runs
 
 NEW, COMPLETED, INTERRUPTED, EXTEND = "new", "completed", "interrupted", "extend"
+REUSED = "reused"  # the status of a run copied from an identical completed run
 
 
 @dataclass
@@ -55,9 +63,27 @@ def run_config_for(run: Run, folder: Path, data_dir: str, state: str) -> dict[st
     return config
 
 
+def same_run(run: Run, results: Path) -> RunResult | None:
+    """A completed, not itself copied, run under ``results`` with ``run``'s configuration, seed and clients."""
+    wanted = configuration_of(Settings.from_run_config(run.config).to_run_config(), with_seed=True)
+    return next((other for other in load_runs([results]) if "reused-from" not in other.report
+                 and other.report.get("num-clients") == run.supernodes
+                 and configuration_of(other.config, with_seed=True) == wanted), None)
+
+
+def copy_run(source: RunResult, folder: Path, results: Path) -> str:
+    """Copy ``source``'s metrics into ``folder``, marked with where they come from; returns that name."""
+    origin = source.folder.relative_to(results).as_posix()
+    folder.mkdir(parents=True, exist_ok=True)
+    if (source.folder / "metrics.csv").exists():
+        shutil.copyfile(source.folder / "metrics.csv", folder / "metrics.csv")
+    (folder / "metrics.json").write_text(json.dumps(source.report | {"reused-from": origin}, indent=2))
+    return origin
+
+
 def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_dir: Path = REPO,
-             timeout: float = 6 * 3600, flower: LocalFlower | None = None) -> list[Outcome]:
-    """Run every run of ``grid`` whose name contains ``only``; skip finished ones."""
+             timeout: float = 6 * 3600, flower: LocalFlower | None = None, reuse: bool = True) -> list[Outcome]:
+    """Run every run of ``grid`` whose name contains ``only``; skip finished ones, copy identical ones."""
     runs = [run for run in grid.runs if only in run.name]
     outcomes: list[Outcome] = []
     owned = flower is None
@@ -70,6 +96,12 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
             if state == COMPLETED:
                 print(f"{tag} already completed, skipped", flush=True)
                 outcomes.append(Outcome(run, state, "skipped", 0.0))
+                continue
+            if state == NEW and reuse and (source := same_run(run, results)):
+                origin = copy_run(source, folder, results)
+                print(f"{tag} same configuration, seed and clients as {origin} (completed): "
+                      "its metrics copied, not run again", flush=True)
+                outcomes.append(Outcome(run, state, REUSED, 0.0))
                 continue
             config = run_config_for(run, folder, data_dir, state)
             if state in (INTERRUPTED, EXTEND) and not config.get("resume"):
