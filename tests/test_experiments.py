@@ -16,8 +16,8 @@ from fedgma.data import client_data
 from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.experiments.__main__ import main
-from fedgma.experiments.grid import load_grid
-from fedgma.experiments.results import group_runs, load_runs, summary_rows
+from fedgma.experiments.grid import available_grids, load_grid
+from fedgma.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.local_flower import LocalFlower
 from fedgma.outputs import CHECKPOINT
@@ -46,13 +46,17 @@ def test_a_bad_grid_fails_before_anything_runs(tmp_path):
     grid_file.write_text('[vary]\nlr = [0.1, -1.0]\n')
     with pytest.raises(ConfigError, match="Run-config key 'lr'"):
         load_grid(str(grid_file))
+    grid_file.write_text('[baseline]\nstrategy = "fedsgd"\n')
+    with pytest.raises(ConfigError, match="Run-config key 'strategy'"):
+        load_grid(str(grid_file))
     with pytest.raises(ConfigError, match="No grid 'nope'"):
         load_grid("nope")
 
 
 def test_committed_grids_are_valid():
-    for name in ("seed-repo", "smoke"):
-        assert load_grid(name).runs
+    for name in available_grids():
+        grid = load_grid(name)
+        assert grid.runs and grid.description, name
 
 
 # --- tables and plots from output folders -----------------------------------------------------------
@@ -90,6 +94,13 @@ def test_table_and_plots_from_output_folders(tmp_path):
     assert "| strategy=fedavg | 2 | 0.7000 ± 0.0283 | 0.7000 ± 0.0283 |" in markdown
     assert "| 1.5 | 3.0 (1/2) |" in markdown and "| never | never | 0.250 |" in markdown
     assert (tmp_path / "table" / "summary.csv").read_text().startswith("configuration,n,")
+    # paired with a baseline: seed 0 of fedgma against seed 0 of fedavg (0.59 - 0.72)
+    fedavg, fedgma = summary_rows(groups, {"strategy": "fedavg"})
+    assert fedavg["baseline"] == IS_BASELINE and fedgma["baseline"] == "strategy=fedavg"
+    assert fedgma["delta-final-ood-mean"] == pytest.approx(-0.13) and fedgma["delta-final-ood-seeds"] == "0:-0.1300"
+    assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "paired"), "--baseline", "strategy=fedavg"]) == 0
+    paired = (tmp_path / "paired" / "summary.md").read_text()
+    assert "| baseline |" in paired and "| -0.1300 ± 0.0000 (0:-0.1300) vs strategy=fedavg |" in paired
     assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
     for name in ("accuracy.png", "mask.png", "mask_layers.png"):
         data = (tmp_path / "plots" / name).read_bytes()

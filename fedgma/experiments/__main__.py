@@ -50,7 +50,9 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True) -> int:
+def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
+                  baseline: dict | None = None, pool: list[Path] = ()) -> int:
+    """Table and/or plots of the runs under ``folders``; baselines may come from runs under ``pool`` too."""
     runs = load_runs(folders)
     if not runs:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
@@ -60,7 +62,7 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if tables:
-        rows = summary_rows(groups)
+        rows = summary_rows(groups, baseline, group_runs(load_runs(list(pool))) if baseline and pool else None)
         (out / "summary.md").write_text((f"**{title}**\n\n" if title else "") + to_markdown(rows))
         (out / "summary.csv").write_text(to_csv(rows))
         written += [out / "summary.md", out / "summary.csv"]
@@ -71,9 +73,10 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
     return 0
 
 
-def _config(args: argparse.Namespace) -> int:
-    config = tomllib.loads(args.file.read_text()) if args.file.suffix == ".toml" else {}
-    for pair in ([] if args.file.suffix == ".toml" else [str(args.file)]) + args.overrides:
+def _pairs(pairs: list[str]) -> dict:
+    """KEY=VALUE strings as run-config values (TOML syntax; a bare word or path is a string)."""
+    config = {}
+    for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"'{pair}' is not KEY=VALUE")
@@ -81,6 +84,12 @@ def _config(args: argparse.Namespace) -> int:
             config[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             config[key] = value  # a bare string such as a path
+    return config
+
+
+def _config(args: argparse.Namespace) -> int:
+    config = tomllib.loads(args.file.read_text()) if args.file.suffix == ".toml" else {}
+    config |= _pairs(([] if args.file.suffix == ".toml" else [str(args.file)]) + args.overrides)
     Settings.from_run_config(config)
     print(run_config_arg(config))
     return 0
@@ -88,7 +97,8 @@ def _config(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
-    return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description)
+    return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description,
+                         baseline=grid.baseline, pool=[args.results])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
         sub.add_argument("--out", type=Path, required=True)
         sub.add_argument("--title", default="")
-        sub.set_defaults(func=lambda a, kinds=kinds: _write_tables(a.folders, a.out, a.title, **kinds))
+        sub.add_argument("--baseline", nargs="*", default=[], metavar="KEY=VALUE",
+                         help="table: compare each configuration, seed by seed, with the one that has these "
+                              "values (e.g. strategy=fedavg)")
+        sub.set_defaults(func=lambda a, kinds=kinds: _write_tables(a.folders, a.out, a.title,
+                                                                   baseline=_pairs(a.baseline), **kinds))
     report = commands.add_parser("report", help="plots and table of a grid's results into docs/results/<grid>")
     report.add_argument("grid")
     report.add_argument("--out", type=Path, default=None)

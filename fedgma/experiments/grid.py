@@ -19,6 +19,10 @@ A grid is a TOML file in ``fedgma/experiments/grids/`` (or any path)::
     name = "gma-soft"
     gma = true
 
+    [baseline]                               # optional: what each configuration is compared with,
+    strategy = "fedavg"                      # seed by seed, in the grid's report
+
+
 Each run is the base configuration, then ``[config]``, then one variant, then
 one combination of ``[vary]``; its name lists the values that vary
 (``preprocessing=clean__strategy=fedavg__seed=0``), so its output folder says
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,8 @@ from ..settings import ConfigError, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 GRIDS = Path(__file__).resolve().parent / "grids"
-_GRID_KEYS = {"description", "config-file", "supernodes", "cpus-per-client", "config", "vary", "variants"}
+_GRID_KEYS = {"description", "config-file", "supernodes", "cpus-per-client", "config", "vary", "variants",
+              "baseline"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Grid:
     name: str
     description: str
     runs: list[Run]
+    baseline: dict[str, Any] = field(default_factory=dict)  # keys whose values make a run's control
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -107,7 +113,11 @@ def load_grid(name_or_path: str) -> Grid:
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"Grid {path}: two runs share a name; give each variant a distinct 'name'.")
-    return Grid(path.stem, spec.get("description", ""), runs)
+    baseline = spec.get("baseline", {})
+    if not isinstance(baseline, dict):
+        raise ConfigError(f"Grid {path}: [baseline] must be a table of run-config keys, got {baseline!r}.")
+    Settings.from_run_config(base | baseline)  # a misspelt baseline key fails here too
+    return Grid(path.stem, spec.get("description", ""), runs, baseline)
 
 
 def _run_name(chosen: dict[str, Any], variant: str | None) -> str:

@@ -5,9 +5,13 @@ Runs whose configurations differ only by ``seed`` (and by where they read and
 write: ``output-dir``, ``data-dir``, ``resume``) form one group; a key that a run
 made by an older release does not record counts as that key's default (it did
 not exist then, and its default is the old behaviour); a group's label
-names the keys in which the groups differ. Everything here is pure Python on
-the loaded JSON, so every table can be rebuilt from committed ``metrics.json``
-files.
+names the keys in which the groups differ. A *baseline* (``{"strategy":
+"fedavg"}``) pairs each group with the group that differs from it only in those
+keys, and the table adds the per-seed difference in final OOD accuracy: runs
+with the same seed share the initial model, the partitions and the colours, so
+a paired difference is far less noisy than two means over seeds. Everything
+here is pure Python on the loaded JSON, so every table can be rebuilt from
+committed ``metrics.json`` files.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..settings import DEFAULT_RUN_CONFIG
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
 NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
 THRESHOLDS = (0.6, 0.7)
+IS_BASELINE = "(itself)"  # the ``baseline`` column of a group that is its own baseline
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(group: Group) -> dict[str, Any]:
-    """One table row: mean and std over the group's seeds."""
+def baseline_of(group: Group, groups: list[Group], baseline: dict[str, Any]) -> Group | None:
+    """The group equal to ``group`` but for the ``baseline`` values (None for a baseline group itself)."""
+    own = configuration_of(group.runs[0].config)
+    wanted = configuration_of(group.runs[0].config | baseline)
+    return None if wanted == own else next(
+        (other for other in groups if configuration_of(other.runs[0].config) == wanted), None)
+
+
+def paired_differences(group: Group, base: Group, key: str = "ood-accuracy") -> dict[int, float]:
+    """Final ``key`` of each of the group's runs minus that of the baseline run with the same seed."""
+    final = {run.config["seed"]: run.rounds[-1][key] for run in base.runs}
+    return {run.config["seed"]: run.rounds[-1][key] - final[run.config["seed"]]
+            for run in group.runs if run.config["seed"] in final}
+
+
+def summarise(group: Group, base: Group | None = None, base_label: str = "") -> dict[str, Any]:
+    """One table row: mean and std over the group's seeds (and, with ``base``, paired differences)."""
     runs = group.runs
     final = [r.rounds[-1]["ood-accuracy"] for r in runs]
     best = [max(v for _, v in r.series("ood-accuracy")) for r in runs]
@@ -130,11 +150,24 @@ def summarise(group: Group) -> dict[str, Any]:
     seconds = [v for r in runs for rnd, v in r.series("seconds") if rnd > 0]
     row["round-seconds-median"] = statistics.median(seconds) if seconds else math.nan
     row["num-clients"] = max(int(r.report.get("num-clients", 0)) for r in runs)
+    differences = paired_differences(group, base) if base else {}
+    row["baseline"] = (base_label or base.label) if base else ""
+    row["delta-final-ood-mean"], row["delta-final-ood-std"] = mean_std(list(differences.values()))
+    row["delta-final-ood-seeds"] = " ".join(f"{seed}:{d:+.4f}" for seed, d in sorted(differences.items()))
     return row
 
 
-def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
-    return [summarise(group) for group in groups]
+def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
+                 pool: list[Group] | None = None) -> list[dict[str, Any]]:
+    """One row per group; with ``baseline``, each paired with its baseline group, looked for among
+    ``groups`` and ``pool`` (the runs of other grids, say) (README "Experiments")."""
+    candidates, label = groups + (pool or []), ", ".join(f"{k}={_fmt_value(v)}" for k, v in (baseline or {}).items())
+    rows = [summarise(group, baseline_of(group, candidates, baseline) if baseline else None, label)
+            for group in groups]
+    for row, group in zip(rows, groups):
+        if baseline and configuration_of(group.runs[0].config | baseline) == configuration_of(group.runs[0].config):
+            row["baseline"] = IS_BASELINE
+    return rows
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -147,9 +180,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
+    paired = any(row["baseline"] for row in rows)
     header = ("| configuration | n | final OOD acc | best OOD acc | final ID acc | rounds to 0.6 OOD "
-              "| rounds to 0.7 OOD | mask density | mask effect | wall min | s per round (median) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
+              "| rounds to 0.7 OOD | mask density | mask effect | wall min | s per round (median) |"
+              + (" final OOD minus baseline, per seed |" if paired else "") + "\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""))
     lines = [header]
     for row in rows:
         def pm(name: str) -> str:
@@ -163,5 +198,15 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('best-ood')} | "
                      f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
-                     f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |")
+                     f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |"
+                     + (f" {_paired(row)} |" if paired else ""))
     return "\n".join(lines) + "\n"
+
+
+def _paired(row: dict[str, Any]) -> str:
+    if row["baseline"] == IS_BASELINE:
+        return "baseline"
+    if not row["delta-final-ood-seeds"]:
+        return "-"
+    return (f"{row['delta-final-ood-mean']:+.4f} ± {row['delta-final-ood-std']:.4f} "
+            f"({row['delta-final-ood-seeds']}) vs {row['baseline']}")
