@@ -39,10 +39,13 @@ def _band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path: Path, title: str = "") -> bool:
-    """One panel per (key, y label); one line per group. False (and no file) if no group has the keys."""
+    """One panel per (key, y label) that some group records; one line per group. False (and no file)
+    if no group has any of the keys (runs made before a diagnostic existed leave its panel out)."""
+    panels = [(key, label) for key, label in panels if any(_band(group, key) for group in groups)]
+    if not panels:
+        return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    drawn = False
     for ax, (key, ylabel) in zip(axes[0], panels):
         for group in groups:
             band = _band(group, key)
@@ -52,15 +55,11 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
             line, = ax.plot(rounds, mean, label=f"{group.label} (n={len(group.runs)})")
             if len(group.runs) > 1:
                 ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
-            drawn = True
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         if key in LOG_SCALE:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    if not drawn:
-        plt.close(fig)
-        return False
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
     fig.tight_layout()
