@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,11 @@ def _band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return np.array(rounds), values.mean(0), values.min(0), values.max(0)
 
 
+def _wrap(title: str, fig) -> str:
+    """A title broken into lines that fit the figure's width (about 13 characters per inch at size 9)."""
+    return textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 13)))
+
+
 def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path: Path, title: str = "") -> bool:
     """One panel per (key, y label) that some group records; one line per group. False (and no file)
     if no group has any of the keys (runs made before a diagnostic existed leave its panel out)."""
@@ -61,7 +67,7 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
+    fig.suptitle(_wrap(title, fig) + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -92,7 +98,7 @@ def plot_layer_density(groups: list[Group], path: Path, title: str = "") -> bool
     for ax in list(axes.flat)[len(masked):]:
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_wrap(title, fig), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
