@@ -187,8 +187,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""))
     lines = [header]
     for row in rows:
-        def pm(name: str) -> str:
-            return f"{row[f'{name}-mean']:.4f} ± {row[f'{name}-std']:.4f}"
+        def pm(name: str) -> str:  # one seed has no spread to show
+            return f"{row[f'{name}-mean']:.4f}" + (f" ± {row[f'{name}-std']:.4f}" if row["n"] > 1 else "")
 
         def reach(threshold: float) -> str:
             mean, hits = row[f"rounds-to-{threshold:g}"], row[f"reached-{threshold:g}"]
@@ -208,5 +208,5 @@ def _paired(row: dict[str, Any]) -> str:
         return "baseline"
     if not row["delta-final-ood-seeds"]:
         return "-"
-    return (f"{row['delta-final-ood-mean']:+.4f} ± {row['delta-final-ood-std']:.4f} "
-            f"({row['delta-final-ood-seeds']}) vs {row['baseline']}")
+    spread = f" ± {row['delta-final-ood-std']:.4f}" if " " in row["delta-final-ood-seeds"] else ""
+    return f"{row['delta-final-ood-mean']:+.4f}{spread} ({row['delta-final-ood-seeds']}) vs {row['baseline']}"
