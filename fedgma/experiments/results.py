@@ -9,7 +9,7 @@ names the keys in which the groups differ. A *baseline* (``{"strategy":
 "fedavg"}``) pairs each group with the group that differs from it only in those
 keys, and the table adds the per-seed difference in final OOD accuracy: runs
 with the same seed share the initial model, the partitions and the colours, so
-a paired difference is far less noisy than two means over seeds. Everything
+a paired difference is less noisy than two means over seeds. Everything
 here is pure Python on the loaded JSON, so every table can be rebuilt from
 committed ``metrics.json`` files.
 """
@@ -112,12 +112,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def is_baseline(group: Group, baseline: dict[str, Any]) -> bool:
+    """Whether ``group`` already has the ``baseline`` values."""
+    config = group.runs[0].config
+    return configuration_of(config | baseline) == configuration_of(config)
+
+
 def baseline_of(group: Group, groups: list[Group], baseline: dict[str, Any]) -> Group | None:
     """The group equal to ``group`` but for the ``baseline`` values (None for a baseline group itself)."""
-    own = configuration_of(group.runs[0].config)
+    if is_baseline(group, baseline):
+        return None
     wanted = configuration_of(group.runs[0].config | baseline)
-    return None if wanted == own else next(
-        (other for other in groups if configuration_of(other.runs[0].config) == wanted), None)
+    return next((other for other in groups if configuration_of(other.runs[0].config) == wanted), None)
 
 
 def paired_differences(group: Group, base: Group, key: str = "ood-accuracy") -> dict[int, float]:
@@ -165,11 +171,13 @@ def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
                  pool: list[Group] | None = None) -> list[dict[str, Any]]:
     """One row per group; with ``baseline``, each paired with its baseline group, looked for among
     ``groups`` and ``pool`` (the runs of other grids, say) (README "Experiments")."""
-    candidates, label = groups + (pool or []), ", ".join(f"{k}={_fmt_value(v)}" for k, v in (baseline or {}).items())
-    rows = [summarise(group, baseline_of(group, candidates, baseline) if baseline else None, label)
-            for group in groups]
+    if not baseline:
+        return [summarise(group) for group in groups]
+    candidates = groups + (pool or [])
+    label = ", ".join(f"{key}={_fmt_value(value)}" for key, value in baseline.items())
+    rows = [summarise(group, baseline_of(group, candidates, baseline), label) for group in groups]
     for row, group in zip(rows, groups):
-        if baseline and configuration_of(group.runs[0].config | baseline) == configuration_of(group.runs[0].config):
+        if is_baseline(group, baseline):
             row["baseline"] = IS_BASELINE
     return rows
 
@@ -201,8 +209,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
         density = "-" if math.isnan(row["mask-density-mean"]) else f"{row['mask-density-mean']:.3f}"
         effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
-        lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('last-ood')} | {pm('best-ood')} | "
-                     f"{pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
+        lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('last-ood')} | "
+                     f"{pm('best-ood')} | {pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
                      f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |"
                      + (f" {_paired(row)} |" if paired else ""))
     return "\n".join(lines) + "\n"
