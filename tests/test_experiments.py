@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -149,6 +150,18 @@ def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, 
     # --no-reuse runs every run
     assert run_grid(load_grid(str(grid_file)), tmp_path / "other", flower=flower, reuse=False)
     assert len(flower.output_dirs) == 3
+
+
+def test_run_command_queues_grids_in_order_and_checks_them_all_first(tmp_path, monkeypatch, capsys):
+    import fedgma.experiments.__main__ as cli
+
+    ran = []
+    monkeypatch.setattr(cli, "LocalFlower", lambda: contextlib.nullcontext("flower"))
+    monkeypatch.setattr(cli, "run_grid", lambda grid, *args, **kwargs: ran.append((grid.name, kwargs["flower"])) or [])
+    assert main(["--results", str(tmp_path), "run", "smoke", "seed-repo", "--data-dir", str(tmp_path)]) == 0
+    assert ran == [("smoke", "flower"), ("seed-repo", "flower")]  # one local Flower for the whole queue
+    assert main(["run", "smoke", "nope"]) == 2 and len(ran) == 2  # a bad name stops it before any run
+    assert "No grid 'nope'" in capsys.readouterr().err
 
 
 # --- the runner resumes a grid -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Experiment grids, plots and results tables: ``python -m fedgma.experiments <command>``.
 
     list                      the grids and their runs, with each run's state
-    run GRID --data-dir D     run a grid through ``flwr run``, skipping finished runs
+    run GRID... --data-dir D  run grids one after the other through ``flwr run``, skipping finished runs
     plot FOLDER... --out O    accuracy, mask density and agreement plots (PNG)
     table FOLDER... --out O   summary table (summary.md and summary.csv)
     report GRID               plot + table of a grid's results into docs/results/<grid>/
@@ -16,9 +16,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ..settings import ConfigError
-from ..local_flower import run_config_arg
-from ..settings import Settings
+from ..local_flower import LocalFlower, run_config_arg
+from ..settings import ConfigError, Settings
 from .grid import REPO, available_grids, load_grid
 from .plots import plot_all
 from .results import group_runs, load_runs, summary_rows, to_csv, to_markdown
@@ -40,14 +39,19 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid)
+    """Each grid in turn (a queue for a long session), through one local SuperLink."""
+    grids = [load_grid(name) for name in args.grid]  # every grid is checked before anything runs
     stop_on_sigterm()
-    outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60,
-                        reuse=not args.no_reuse)
-    failed = [o for o in outcomes if o.status not in ("completed", "skipped", REUSED)]
-    print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already done; "
-          f"{len(failed)} failed" + "".join(f"\n  {o.run.name}: {o.status}" for o in failed))
-    return 1 if failed else 0
+    failures = 0
+    with LocalFlower() as flower:
+        for grid in grids:
+            outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60,
+                                flower=flower, reuse=not args.no_reuse)
+            failed = [o for o in outcomes if o.status not in ("completed", "skipped", REUSED)]
+            failures += len(failed)
+            print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already "
+                  f"done; {len(failed)} failed" + "".join(f"\n  {o.run.name}: {o.status}" for o in failed))
+    return 1 if failures else 0
 
 
 def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("grid", nargs="?", default="")
     listing.set_defaults(func=_list)
     running = commands.add_parser("run", help="run a grid (resumes: finished runs are skipped)")
-    running.add_argument("grid", help=f"a grid name ({', '.join(available_grids())}) or a .toml path")
+    running.add_argument("grid", nargs="+",
+                         help=f"grid names ({', '.join(available_grids())}) or .toml paths, run in this order")
     running.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files")
     running.add_argument("--only", default="", help="run only the runs whose name contains this text")
     running.add_argument("--timeout", type=float, default=360, help="minutes one run may take (default 360)")
