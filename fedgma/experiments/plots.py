@@ -66,8 +66,11 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
         if key in LOG_SCALE:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    # beside the last panel, not over the curves (a grid has up to 18 configurations)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    # beside the last panel, not over the curves (a grid has up to 18 configurations), with every
+    # group that any panel drew: the last panel alone may lack groups that do not record its key
+    entries = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][-1].legend(entries.values(), entries.keys(), fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle(_wrap(title, fig) + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
