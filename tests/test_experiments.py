@@ -73,7 +73,7 @@ def fake_run(folder, seed, ood, density=None, **config):
     (folder / "metrics.csv").write_text("round,ood-accuracy\n")
 
 
-def test_table_and_plots_from_output_folders(tmp_path):
+def test_table_and_plots_from_output_folders(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "a0", 0, [0.5, 0.55, 0.65, 0.72], strategy="fedavg")
     # a1 records a key that a0 (an older release) did not have, at its default: still one configuration
     fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg", **{"min-accepted-fraction": 0.0})
@@ -104,6 +104,10 @@ def test_table_and_plots_from_output_folders(tmp_path):
     assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "paired"), "--baseline", "strategy=fedavg"]) == 0
     paired = (tmp_path / "paired" / "summary.md").read_text()
     assert "| baseline |" in paired and "| -0.1300 (0:-0.1300) vs strategy=fedavg |" in paired
+    # a baseline with no run is said, not silently left out
+    assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "none"), "--baseline", "strategy=fedprox"]) == 0
+    assert "no baseline run" in (tmp_path / "none" / "summary.md").read_text()
+    assert "warning: no completed baseline run for 'strategy=fedavg'" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
     for name in ("accuracy.png", "mask.png", "mask_layers.png"):
         data = (tmp_path / "plots" / name).read_bytes()

@@ -32,6 +32,7 @@ NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
 THRESHOLDS = (0.6, 0.7)
 LAST_ROUNDS = 5  # the "OOD acc, last 5 rounds" column: mean over the last rounds of each run
 IS_BASELINE = "(itself)"  # the ``baseline`` column of a group that is its own baseline
+NO_BASELINE = "(missing)"  # ... of a group whose baseline has no completed run (yet)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
     for row, group in zip(rows, groups):
         if is_baseline(group, baseline):
             row["baseline"] = IS_BASELINE
+        elif not row["baseline"]:
+            row["baseline"] = NO_BASELINE
     return rows
 
 
@@ -219,6 +222,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def _paired(row: dict[str, Any]) -> str:
     if row["baseline"] == IS_BASELINE:
         return "baseline"
+    if row["baseline"] == NO_BASELINE:
+        return "no baseline run"
     if not row["delta-final-ood-seeds"]:
         return "-"
     spread = f" ± {row['delta-final-ood-std']:.4f}" if " " in row["delta-final-ood-seeds"] else ""
