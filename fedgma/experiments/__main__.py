@@ -20,7 +20,7 @@ from ..local_flower import LocalFlower, run_config_arg
 from ..settings import ConfigError, Settings
 from .grid import REPO, available_grids, load_grid
 from .plots import plot_all
-from .results import NO_BASELINE, group_runs, load_runs, summary_rows, to_csv, to_markdown
+from .results import NO_BASELINE, baseline_label, group_runs, load_runs, summary_rows, to_csv, to_markdown
 from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
 RESULTS = REPO / "results"
@@ -70,7 +70,7 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
         for row in rows:
             if row["baseline"] == NO_BASELINE:
                 print(f"warning: no completed baseline run for '{row['configuration']}' (its configuration with "
-                      + ", ".join(f"{k}={v}" for k, v in baseline.items()) + "); its paired column is empty",
+                      f"{baseline_label(baseline)}); its paired column is empty",
                       file=sys.stderr)
         (out / "summary.md").write_text((f"**{title}**\n\n" if title else "") + to_markdown(rows))
         (out / "summary.csv").write_text(to_csv(rows))

@@ -168,6 +168,11 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
     return row
 
 
+def baseline_label(baseline: dict[str, Any]) -> str:
+    """The baseline values as the table names them (``strategy=fedavg, p=0.7``)."""
+    return ", ".join(f"{key}={_fmt_value(value)}" for key, value in baseline.items())
+
+
 def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
                  pool: list[Group] | None = None) -> list[dict[str, Any]]:
     """One row per group; with ``baseline``, each paired with its baseline group, looked for among
@@ -175,7 +180,7 @@ def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
     if not baseline:
         return [summarise(group) for group in groups]
     candidates = groups + (pool or [])
-    label = ", ".join(f"{key}={_fmt_value(value)}" for key, value in baseline.items())
+    label = baseline_label(baseline)
     rows = [summarise(group, baseline_of(group, candidates, baseline), label) for group in groups]
     for row, group in zip(rows, groups):
         if is_baseline(group, baseline):
