@@ -115,6 +115,20 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     assert main(["table", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 1
 
 
+def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsys):
+    grid_file = tmp_path / "masked.toml"
+    grid_file.write_text('description = "masked runs"\n[config]\nstrategy = "fedgma"\n[vary]\nseed = [0]\n'
+                         '[baseline]\nstrategy = "fedavg"\n')
+    results = tmp_path / "results"
+    fake_run(results / "masked" / "seed=0", 0, [0.5, 0.59], density=0.25, strategy="fedgma")
+    fake_run(results / "other-grid" / "seed=0", 0, [0.5, 0.72], strategy="fedavg")
+    fake_run(results / "other-grid" / "seed=1", 1, [0.5, 0.70], strategy="fedgma")  # not the grid's run
+    assert main(["--results", str(results), "report", str(grid_file), "--out", str(tmp_path / "docs")]) == 0
+    table = (tmp_path / "docs" / "summary.md").read_text()
+    assert table.startswith("**masked runs**") and "| -0.1300 (0:-0.1300) vs strategy=fedavg |" in table
+    assert "1 runs in 1 configurations" in capsys.readouterr().out  # only the grid's own run is tabled
+
+
 def test_config_command_joins_a_file_and_overrides(capsys):
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "output-dir=/tmp/x", "resume=true"]) == 0
     printed = capsys.readouterr().out.strip()

@@ -55,9 +55,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
-                  baseline: dict | None = None, pool: list[Path] = ()) -> int:
-    """Table and/or plots of the runs under ``folders``; baselines may come from runs under ``pool`` too."""
-    runs = load_runs(folders)
+                  baseline: dict | None = None, pool: Path | None = None) -> int:
+    """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
+    (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
+    pooled = load_runs([pool]) if pool else []
+    runs = [r for r in pooled if any(r.folder.is_relative_to(f) for f in folders)] if pool else load_runs(folders)
     if not runs:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
               file=sys.stderr)
@@ -66,7 +68,8 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if tables:
-        rows = summary_rows(groups, baseline, group_runs(load_runs(list(pool))) if baseline and pool else None)
+        mine = {r.folder for r in runs}
+        rows = summary_rows(groups, baseline, group_runs([r for r in pooled if r.folder not in mine]))
         for row in rows:
             if row["baseline"] == NO_BASELINE:
                 print(f"warning: no completed baseline run for '{row['configuration']}' (its configuration with "
@@ -107,7 +110,7 @@ def _config(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description,
-                         baseline=grid.baseline, pool=[args.results])
+                         baseline=grid.baseline, pool=args.results)
 
 
 def main(argv: list[str] | None = None) -> int:
