@@ -58,8 +58,11 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
                   baseline: dict | None = None, pool: Path | None = None) -> int:
     """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
     (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
-    pooled = load_runs([pool]) if pool else []
-    runs = [r for r in pooled if any(r.folder.is_relative_to(f) for f in folders)] if pool else load_runs(folders)
+    if pool and baseline:  # one read of the pool, the grid's own runs taken from it
+        pooled = load_runs([pool])
+        runs = [r for r in pooled if any(r.folder.is_relative_to(f) for f in folders)]
+    else:
+        pooled, runs = [], load_runs(folders)
     if not runs:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
               file=sys.stderr)
