@@ -6,6 +6,7 @@ import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,7 +146,42 @@ class RecordingFlower:
 
     def run(self, app_dir, config, supernodes, cpus_per_client, **kwargs):
         self.output_dirs.append(config["output-dir"])
-        return SimpleNamespace(output="")
+        return SimpleNamespace(output="", returncode=0)
+
+
+class FailingOnceFlower(RecordingFlower):
+    """A Flower run that fails at round 1 with a checkpoint (every run, if ``always``), then completes."""
+
+    def __init__(self, always=False):
+        super().__init__()
+        self.always, self.resumed = always, []
+
+    def run(self, app_dir, config, supernodes, cpus_per_client, **kwargs):
+        super().run(app_dir, config, supernodes, cpus_per_client)
+        self.resumed.append(bool(config.get("resume")))
+        folder = Path(config["output-dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        done = not self.always and len(self.resumed) > 1
+        rounds = [{"round": r, "ood-accuracy": 0.5} for r in range(4 if done else 2)]
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed" if done else "running",
+                                                         "config": config, "rounds": rounds}))
+        (folder / CHECKPOINT).write_bytes(b"model")
+        return SimpleNamespace(output="heartbeat expired", returncode=1)
+
+
+def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, capsys):
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\n[vary]\nseed = [0]\n')
+    flower = FailingOnceFlower()
+    outcomes = run_grid(load_grid(str(grid_file)), tmp_path / "r", flower=flower)
+    assert [o.status for o in outcomes] == ["completed"] and flower.resumed == [False, True]
+    assert "resuming from its checkpoint (retry 1 of 1)" in capsys.readouterr().out
+    # a run that keeps failing is tried 1 + retries times, then left interrupted for the next run of the grid
+    stubborn = FailingOnceFlower(always=True)
+    outcomes = run_grid(load_grid(str(grid_file)), tmp_path / "s", flower=stubborn, retries=2)
+    assert [o.status for o in outcomes] == ["running"] and stubborn.resumed == [False, True, True]
+    assert "flwr exited with code 1" in capsys.readouterr().err
+    assert run_state(tmp_path / "s" / "g" / "seed=0", 3) == INTERRUPTED
 
 
 def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, capsys):
@@ -191,7 +227,8 @@ def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mni
     grid, results = load_grid(str(grid_file)), tmp_path / "results"
     first, second = (results / "tiny" / run.name for run in grid.runs)
     with LocalFlower() as flower:
-        runner = threading.Thread(target=run_grid, args=(grid, results, str(mnist_dir)), kwargs={"flower": flower})
+        runner = threading.Thread(target=run_grid, args=(grid, results, str(mnist_dir)),  # no retry: the grid,
+                                  kwargs={"flower": flower, "retries": 0})  # not one run, is what stops here
         runner.start()
         deadline = time.time() + 400
         while time.time() < deadline and runner.is_alive() and not (second / CHECKPOINT).exists():

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     with LocalFlower() as flower:
         for grid in grids:
             outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60,
-                                flower=flower, reuse=not args.no_reuse)
+                                flower=flower, reuse=not args.no_reuse, retries=args.retries)
             failed = [o for o in outcomes if o.status not in ("completed", "skipped", REUSED)]
             failures += len(failed)
             print(f"{grid.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs completed or already "
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files")
     running.add_argument("--only", default="", help="run only the runs whose name contains this text")
     running.add_argument("--timeout", type=float, default=360, help="minutes one run may take (default 360)")
+    running.add_argument("--retries", type=int, default=1,
+                         help="times a run that stops early with a checkpoint is resumed before moving on (default 1)")
     running.add_argument("--no-reuse", action="store_true",
                          help="run even the runs that equal a completed run of another grid (default: copy those)")
     running.set_defaults(func=_run)

@@ -82,8 +82,13 @@ def copy_run(source: RunResult, folder: Path, results: Path) -> str:
 
 
 def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_dir: Path = REPO,
-             timeout: float = 6 * 3600, flower: LocalFlower | None = None, reuse: bool = True) -> list[Outcome]:
-    """Run every run of ``grid`` whose name contains ``only``; skip finished ones, copy identical ones."""
+             timeout: float = 6 * 3600, flower: LocalFlower | None = None, reuse: bool = True,
+             retries: int = 1) -> list[Outcome]:
+    """Run every run of ``grid`` whose name contains ``only``; skip finished ones, copy identical ones.
+
+    A run that stops before its last round but left a checkpoint (its Flower run failed: on these machines
+    a stalled VM once let the simulation's heartbeat expire at round 33 of 50) is resumed from that
+    checkpoint up to ``retries`` times before the grid moves on, so one hiccup does not leave a hole."""
     runs = [run for run in grid.runs if only in run.name]
     outcomes: list[Outcome] = []
     owned = flower is None
@@ -91,7 +96,8 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
     try:
         for index, run in enumerate(runs, 1):
             folder = results / grid.name / run.name
-            state = run_state(folder, int(run.config.get("num-rounds", 15)))
+            num_rounds = int(run.config.get("num-rounds", 15))
+            state = run_state(folder, num_rounds)
             tag = f"[run {index}/{len(runs)} {run.name}]"
             if state == COMPLETED:
                 print(f"{tag} already completed, skipped", flush=True)
@@ -103,24 +109,38 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
                       "its metrics copied, not run again", flush=True)
                 outcomes.append(Outcome(run, state, REUSED, 0.0))
                 continue
-            config = run_config_for(run, folder, data_dir, state)
-            if state in (INTERRUPTED, EXTEND) and not config.get("resume"):
-                print(f"{tag} {state} without a checkpoint: starting again from round 0", flush=True)
-                shutil.rmtree(folder)
-            print(f"{tag} {'resuming' if config.get('resume') else 'starting'} "
-                  f"({run.supernodes} clients)", flush=True)
-            start = time.perf_counter()
-            done = flower.run(app_dir, config, run.supernodes, run.cpus_per_client, timeout=timeout,
-                              on_line=lambda line, tag=tag: _progress(tag, line))
-            status = _final_status(folder)
-            outcomes.append(Outcome(run, state, status, time.perf_counter() - start))
+            start, found = time.perf_counter(), state
+            for attempt in range(retries + 1):
+                if attempt:
+                    print(f"{tag} stopped before its last round; resuming from its checkpoint "
+                          f"(retry {attempt} of {retries})", flush=True)
+                status = _run_once(flower, app_dir, run, folder, data_dir, state, tag, timeout)
+                state = run_state(folder, num_rounds)
+                if status == "completed" or state != INTERRUPTED or not (folder / CHECKPOINT).exists():
+                    break
+            outcomes.append(Outcome(run, found, status, time.perf_counter() - start))
             print(f"{tag} {status} in {outcomes[-1].seconds / 60:.1f} min", flush=True)
-            if status != "completed":
-                print(done.output[-3000:], file=sys.stderr, flush=True)
     finally:
         if owned:
             flower.close()
     return outcomes
+
+
+def _run_once(flower: LocalFlower, app_dir: Path, run: Run, folder: Path, data_dir: str, state: str,
+              tag: str, timeout: float) -> str:
+    """One ``flwr run`` of ``run`` (resumed when ``state`` and a checkpoint allow); its final status."""
+    config = run_config_for(run, folder, data_dir, state)
+    if state in (INTERRUPTED, EXTEND) and not config.get("resume"):
+        print(f"{tag} {state} without a checkpoint: starting again from round 0", flush=True)
+        shutil.rmtree(folder)
+    print(f"{tag} {'resuming' if config.get('resume') else 'starting'} ({run.supernodes} clients)", flush=True)
+    done = flower.run(app_dir, config, run.supernodes, run.cpus_per_client, timeout=timeout,
+                      on_line=lambda line: _progress(tag, line))
+    status = _final_status(folder)
+    if status != "completed":
+        print(f"{tag} {status}; flwr exited with code {done.returncode}; its last output:\n"
+              f"{done.output[-3000:]}", file=sys.stderr, flush=True)
+    return status
 
 
 def _progress(tag: str, line: str) -> None:
