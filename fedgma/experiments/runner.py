@@ -87,7 +87,7 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
     """Run every run of ``grid`` whose name contains ``only``; skip finished ones, copy identical ones.
 
     A run that stops before its last round but left a checkpoint (its Flower run failed: on these machines
-    a stalled VM once let the simulation's heartbeat expire at round 33 of 50) is resumed from that
+    one did at round 33 of 50, with no error in its output, in the minute the VM stalled) is resumed from that
     checkpoint up to ``retries`` times before the grid moves on, so one hiccup does not leave a hole."""
     runs = [run for run in grid.runs if only in run.name]
     outcomes: list[Outcome] = []
