@@ -116,7 +116,7 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
                           f"(retry {attempt} of {retries})", flush=True)
                 status = _run_once(flower, app_dir, run, folder, data_dir, state, tag, timeout)
                 state = run_state(folder, num_rounds)
-                if status == "completed" or state != INTERRUPTED or not (folder / CHECKPOINT).exists():
+                if state != INTERRUPTED or not (folder / CHECKPOINT).exists():  # done, or nothing to resume
                     break
             outcomes.append(Outcome(run, found, status, time.perf_counter() - start))
             print(f"{tag} {status} in {outcomes[-1].seconds / 60:.1f} min", flush=True)
