@@ -6,6 +6,14 @@ installation off, and this environment's ``bin`` first on PATH (``flwr`` starts
 ``flower-superlink`` from PATH). Closing it stops, by PID, every process it
 started, including the detached SuperLink and Ray. The benchmark, the
 experiment runner and the tests use it.
+
+Flower keeps a local SuperLink's state in ``FLWR_HOME/local-superlink/state.db``,
+so a second local SuperLink started for the same FLWR_HOME (a ``flwr list`` run
+by hand with this FLWR_HOME but without its port variables) shares the run queue:
+its SuperExec claims about half of the runs submitted to the first one and starts
+them with its own settings. Measured here: runs of a grid started with runtime
+dependency installation on (Flower exit code 608) although this setup turns it
+off. So every :meth:`LocalFlower.run` first stops such SuperLinks and says so.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from .processes import descendants, free_port, gpu_memory_bytes, pids_mentioning, rss_bytes, stop_tree_and_mentions
+from .processes import (command_lines, descendants, free_port, gpu_memory_bytes, pids_mentioning, rss_bytes,
+                        stop_tree_and_mentions, stop_trees)
 
 FLWR = str(Path(sys.executable).with_name("flwr"))
 
@@ -35,6 +44,17 @@ def run_config_arg(config: dict[str, Any]) -> str:
             return "true" if v else "false"
         return f"'{v}'" if isinstance(v, str) else repr(v)
     return " ".join(f"{key}={value(v)}" for key, v in config.items())
+
+
+def foreign_superlinks(commands: dict[int, list[str]], port: str) -> set[int]:
+    """PIDs, among ``commands`` (PID -> argv), of the ``flower-superlink`` processes not serving ``port``."""
+    found = set()
+    for pid, argv in commands.items():
+        if any(Path(arg).name == "flower-superlink" for arg in argv[:2]):
+            served = argv[argv.index("--port") + 1] if "--port" in argv[:-1] else None
+            if served != port:
+                found.add(pid)
+    return found
 
 
 @dataclass
@@ -83,6 +103,18 @@ class LocalFlower:
         an interrupted ``flwr run``)."""
         stop_tree_and_mentions(str(self.root))
 
+    def stop_foreign_superlinks(self) -> set[int]:
+        """Stop the local SuperLinks that use this setup's folder but not its port (see the module
+        docstring), with their SuperExecs and the runs those took; their PIDs."""
+        port = self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+        foreign = foreign_superlinks(command_lines(str(self.root)), port)
+        if foreign:
+            print(f"warning: stopping SuperLink process(es) {sorted(foreign)}: they use this setup's FLWR_HOME "
+                  f"({self.env['FLWR_HOME']}) but not its port {port}, and would take its runs; to look at "
+                  "this setup's runs, use its environment (LocalFlower.runs())", file=sys.stderr, flush=True)
+            stop_trees(foreign)
+        return foreign
+
     def close(self) -> None:
         """Stop every process this setup started, by PID, and remove its folder if it made it."""
         self.kill()
@@ -99,6 +131,7 @@ class LocalFlower:
         With ``gpus_per_client`` > 0, Ray gives each client that fraction of a GPU
         and the GPU memory of every process is sampled too (through ``nvidia-smi``).
         """
+        self.stop_foreign_superlinks()
         config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
         federation = f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"
         if gpus_per_client:

@@ -14,16 +14,22 @@ import subprocess
 import psutil
 
 
-def pids_mentioning(text: str) -> set[int]:
-    """PIDs whose command line contains ``text`` (e.g. a test's temporary folder)."""
-    found = set()
+def command_lines(text: str) -> dict[int, list[str]]:
+    """The command line of every process whose command line contains ``text``, by PID."""
+    found = {}
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if text in " ".join(process.info["cmdline"] or ()):
-                found.add(process.pid)
+            argv = list(process.info["cmdline"] or ())
         except (psutil.Error, TypeError):
-            pass
-    return found - {os.getpid()}
+            continue
+        if text in " ".join(argv) and process.pid != os.getpid():
+            found[process.pid] = argv
+    return found
+
+
+def pids_mentioning(text: str) -> set[int]:
+    """PIDs whose command line contains ``text`` (e.g. a test's temporary folder)."""
+    return set(command_lines(text))
 
 
 def descendants(root: int) -> set[int]:
@@ -64,12 +70,17 @@ def stop(pids: set[int], grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
-def stop_tree_and_mentions(text: str, roots: set[int] = frozenset()) -> None:
-    """Stop ``roots``, their descendants and every process mentioning ``text``."""
-    pids = set(roots) | pids_mentioning(text)
-    for pid in list(pids):
+def stop_trees(roots: set[int]) -> None:
+    """Stop ``roots`` and every process below them."""
+    pids = set(roots)
+    for pid in roots:
         pids |= descendants(pid)
     stop(pids)
+
+
+def stop_tree_and_mentions(text: str, roots: set[int] = frozenset()) -> None:
+    """Stop ``roots``, their descendants and every process mentioning ``text`` (and its descendants)."""
+    stop_trees(set(roots) | pids_mentioning(text))
 
 
 def rss_bytes(pids: set[int]) -> int:
