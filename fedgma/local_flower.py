@@ -107,7 +107,7 @@ class LocalFlower:
         """Stop the local SuperLinks that use this setup's folder but not its port (see the module
         docstring), with their SuperExecs and the runs those took; their PIDs."""
         port = self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
-        foreign = foreign_superlinks(command_lines(str(self.root)), port)
+        foreign = foreign_superlinks(command_lines(f"{self.root}{os.sep}"), port)  # with the separator: not flwr10 for flwr1
         if foreign:
             print(f"warning: stopping SuperLink process(es) {sorted(foreign)}: they use this setup's FLWR_HOME "
                   f"({self.env['FLWR_HOME']}) but not its port {port}, and would take its runs; to look at "
