@@ -83,6 +83,9 @@ class LocalFlower:
         self.owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="fedgma-flwr-")) if root is None else Path(root)
         (self.root / "ray").mkdir(parents=True, exist_ok=True)
+        # What this setup's processes have in their command lines (FLWR_HOME, Ray's folder), with the
+        # separator so that a setup in /tmp/flwr1 does not match, and stop, the processes of /tmp/flwr10.
+        self.mention = f"{self.root}{os.sep}"
         self.env = os.environ | {
             "FLWR_HOME": str(self.root / "home"), "RAY_TMPDIR": str(self.root / "ray"),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -102,13 +105,13 @@ class LocalFlower:
 
         A later :meth:`run` starts a fresh local SuperLink (what a user sees after
         an interrupted ``flwr run``)."""
-        stop_tree_and_mentions(str(self.root))
+        stop_tree_and_mentions(self.mention)
 
     def stop_foreign_superlinks(self) -> set[int]:
         """Stop the local SuperLinks that use this setup's folder but not its port (see the module
         docstring), with their SuperExecs and the runs those took; their PIDs."""
         port = self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
-        foreign = foreign_superlinks(command_lines(f"{self.root}{os.sep}"), port)  # with the separator: not flwr10 for flwr1
+        foreign = foreign_superlinks(command_lines(self.mention), port)
         if foreign:
             print(f"warning: stopping SuperLink process(es) {sorted(foreign)}: they use this setup's FLWR_HOME "
                   f"({self.env['FLWR_HOME']}) but not its port {port}, and would take its runs; to look at "
@@ -146,7 +149,7 @@ class LocalFlower:
         def sample() -> None:
             nonlocal gpu_peak
             while not done.wait(sample_every):
-                pids = pids_mentioning(str(self.root))
+                pids = pids_mentioning(self.mention)
                 for pid in list(pids):
                     pids |= descendants(pid)
                 samples.append((time.time(), rss_bytes(pids)))

@@ -29,14 +29,14 @@ def test_foreign_superlinks_are_the_superlinks_on_another_port():
 def test_a_second_superlink_in_the_same_flwr_home_is_stopped_before_a_run(tmp_path):
     with LocalFlower(tmp_path / "flwr") as flower:
         assert flower.runs() == []  # starts this setup's own local SuperLink
-        ours = set(command_lines(str(flower.root)))
+        ours = set(command_lines(flower.mention))
         # What a `flwr list` by hand with this FLWR_HOME but not its port variables does: a second SuperLink
         # sharing the state database, with runtime dependency installation on (the variable unset).
         rogue_env = flower.env | {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
                                   "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
         del rogue_env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"]
         subprocess.run([FLWR, "list"], cwd=flower.root, env=rogue_env, capture_output=True, timeout=120, check=True)
-        rogue_superlinks = foreign_superlinks(command_lines(str(flower.root)), flower.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+        rogue_superlinks = foreign_superlinks(command_lines(flower.mention), flower.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
         assert len(rogue_superlinks) == 1
         rogue_tree = rogue_superlinks | descendants(next(iter(rogue_superlinks)))  # with its SuperExec
         assert len(rogue_tree) >= 2
