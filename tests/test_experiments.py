@@ -19,6 +19,7 @@ from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.experiments.__main__ import main
 from fedgma.experiments.grid import available_grids, load_grid
+from fedgma.experiments.plots import line_style
 from fedgma.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.local_flower import LocalFlower
@@ -114,6 +115,11 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
         data = (tmp_path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert main(["table", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_every_configuration_of_a_large_grid_gets_its_own_line_style():
+    styles = [tuple(line_style(i).values()) for i in range(40)]
+    assert len(set(styles)) == 40  # data-splits draws 18 lines; matplotlib's colours repeat after 10
 
 
 def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsys):

@@ -25,6 +25,16 @@ def _pyplot():
     return plt
 
 
+#: Line styles that, with matplotlib's 10 default colours, tell up to 40 configurations apart.
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_style(index: int) -> dict[str, str]:
+    """Colour and dash of the ``index``-th configuration: the 11th is not the 1st again (a grid like
+    data-splits has 18), and a configuration keeps its look in every panel."""
+    return {"color": f"C{index % 10}", "linestyle": LINE_STYLES[index // 10 % len(LINE_STYLES)]}
+
+
 #: Metrics that span orders of magnitude across configurations (a server step of 1e-4 against 1).
 LOG_SCALE = ("mask-effect",)
 
@@ -53,14 +63,15 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, (key, ylabel) in zip(axes[0], panels):
-        for group in groups:
+        for index, group in enumerate(groups):
             band = _band(group, key)
             if band is None:
                 continue
             rounds, mean, low, high = band
-            line, = ax.plot(rounds, mean, label=f"{group.label} (n={len(group.runs)})")
+            style = line_style(index)
+            ax.plot(rounds, mean, label=f"{group.label} (n={len(group.runs)})", **style)
             if len(group.runs) > 1:
-                ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+                ax.fill_between(rounds, low, high, color=style["color"], alpha=0.2)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         if key in LOG_SCALE:
