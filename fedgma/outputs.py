@@ -44,6 +44,32 @@ def versions() -> dict[str, str]:
     return found
 
 
+def machine() -> dict[str, Any]:
+    """The CPU a run or benchmark ran on, so that wall times can be compared across machines.
+
+    Machines that report the same model name differ several-fold in this CNN's round time (a 2.0 GHz
+    AVX2-only EPYC against one with AVX-512), so the clock and the widest vector unit are kept too.
+    """
+    info = _proc_fields(Path("/proc/cpuinfo"))
+    flags = set(info.get("flags", "").split())
+    memory = _proc_fields(Path("/proc/meminfo")).get("MemTotal", "0 kB").split()[0]
+    return {"cpu": info.get("model name", platform.processor()), "cores": os.cpu_count(),
+            "cpu-mhz": float(info.get("cpu MHz", "nan")),
+            "vector-unit": next((f for f in ("avx512f", "avx2", "avx", "neon", "asimd") if f in flags), "unknown"),
+            "memory_bytes": int(memory) * 1024, "platform": platform.platform()}
+
+
+def _proc_fields(path: Path) -> dict[str, str]:
+    """The first value of each ``key : value`` line of a /proc file ({} where there is none: macOS)."""
+    fields: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 class RunRecorder:
     """Collects one row per round and keeps the files in ``folder`` up to date.
 
@@ -59,12 +85,12 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.report: dict[str, Any] = {
             "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-            "seed": settings.seed, "versions": versions(), "num-clients": 0, "wall-seconds": 0.0,
+            "seed": settings.seed, "versions": versions(), "machine": machine(), "num-clients": 0, "wall-seconds": 0.0,
         } | (report or {}) | {"status": "running", "config": settings.to_run_config(), "rounds": self.rows}
         if report is not None:
             self.report.setdefault("resumed", []).append(
                 {"from-round": self.rows[-1]["round"] if self.rows else 0,
-                 "at": datetime.now().isoformat(timespec="seconds")})
+                 "at": datetime.now().isoformat(timespec="seconds"), "machine": machine()})
         self._clock = RoundTimer()
         self._write_json()
 

@@ -96,7 +96,7 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     markdown = (tmp_path / "table" / "summary.md").read_text()
     assert fedavg["last-ood-mean"] == pytest.approx((0.605 + 0.6025) / 2)  # rounds 0 to 3: all of them here
     assert "| strategy=fedavg | 2 | 0.7000 ± 0.0283 | 0.6038 ± 0.0018 | 0.7000 ± 0.0283 |" in markdown
-    assert "| 1.5 | 3.0 (1/2) |" in markdown and "| never | never | 0.250 |" in markdown
+    assert "| 1.5 | 3.0 (1/2) |" in markdown and "| never | never | 0.250 | - | 0.500 |" in markdown
     assert "| strategy=fedgma | 1 | 0.5900 | 0.4975 | 0.5900 | 0.8000 |" in markdown  # one seed: no ± 0
     assert (tmp_path / "table" / "summary.csv").read_text().startswith("configuration,n,")
     # paired with a baseline: seed 0 of fedgma against seed 0 of fedavg (0.59 - 0.72)

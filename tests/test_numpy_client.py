@@ -10,10 +10,9 @@ import shutil
 import numpy as np
 import pytest
 from conftest import REPO
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 
-from fedgma import clientapp_from_numpy_client
 from fedgma.adapter import NumPyClientAdapter
 from fedgma.client_app import client_fn
 from fedgma.local_flower import LocalFlower

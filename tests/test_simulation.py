@@ -36,6 +36,7 @@ def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
     assert report["status"] == "completed"
     assert report["config"]["strategy"] == "fedgma" and report["config"]["num-rounds"] == 2
     assert report["versions"]["flwr"].startswith("1.")
+    assert report["machine"]["cores"] >= 1 and report["machine"]["vector-unit"]  # wall times are read with it
     rounds = report["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for row in rounds[1:]:

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ import torch
 from flwr.common.logger import FLOWER_LOGGER
 
 from ..bare_loop import run_bare_loop
-from ..outputs import versions
+from ..outputs import machine, versions
 from ..settings import Settings
 from ..training import resolve_device
 from . import throughput
@@ -53,14 +52,6 @@ from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform()}
 
 
 def round_summary(seconds: list[float]) -> dict[str, float]:

@@ -153,7 +153,7 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
         hits = [x for x in reached if x is not None]
         row[f"rounds-to-{threshold:g}"] = statistics.fmean(hits) if hits else math.nan
         row[f"reached-{threshold:g}"] = len(hits)
-    for key in ("mask-density", "mask-effect"):
+    for key in ("mask-density", "mask-effect", "mean-agreement"):
         values = [v for r in runs for rnd, v in r.series(key) if rnd > 0]
         row[f"{key}-mean"] = statistics.fmean(values) if values else math.nan
     row["wall-minutes-mean"] = statistics.fmean(r.report.get("wall-seconds", math.nan) for r in runs) / 60
@@ -203,9 +203,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     paired = any(row["baseline"] for row in rows)
     header = ("| configuration | n | final OOD acc | OOD acc, last 5 rounds | best OOD acc | final ID acc "
               "| rounds to 0.6 OOD "
-              "| rounds to 0.7 OOD | mask density | mask effect | wall min | s per round (median) |"
+              "| rounds to 0.7 OOD | mask density | mask effect | mean agreement | wall min | s per round (median) |"
               + (" final OOD minus baseline, per seed |" if paired else "") + "\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""))
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""))
     lines = [header]
     for row in rows:
         def pm(name: str) -> str:  # one seed has no spread to show
@@ -217,8 +217,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
         density = "-" if math.isnan(row["mask-density-mean"]) else f"{row['mask-density-mean']:.3f}"
         effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
+        agreement = "-" if math.isnan(row["mean-agreement-mean"]) else f"{row['mean-agreement-mean']:.3f}"
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('last-ood')} | "
                      f"{pm('best-ood')} | {pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
+                     f"{agreement} | "
                      f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |"
                      + (f" {_paired(row)} |" if paired else ""))
     return "\n".join(lines) + "\n"
