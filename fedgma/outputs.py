@@ -83,14 +83,15 @@ class RunRecorder:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = list(rows or [])
+        here = machine()
         self.report: dict[str, Any] = {
             "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-            "seed": settings.seed, "versions": versions(), "machine": machine(), "num-clients": 0, "wall-seconds": 0.0,
+            "seed": settings.seed, "versions": versions(), "machine": here, "num-clients": 0, "wall-seconds": 0.0,
         } | (report or {}) | {"status": "running", "config": settings.to_run_config(), "rounds": self.rows}
         if report is not None:
             self.report.setdefault("resumed", []).append(
                 {"from-round": self.rows[-1]["round"] if self.rows else 0,
-                 "at": datetime.now().isoformat(timespec="seconds"), "machine": machine()})
+                 "at": datetime.now().isoformat(timespec="seconds"), "machine": here})
         self._clock = RoundTimer()
         self._write_json()
 

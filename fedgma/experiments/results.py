@@ -201,12 +201,10 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
     paired = any(row["baseline"] for row in rows)
-    header = ("| configuration | n | final OOD acc | OOD acc, last 5 rounds | best OOD acc | final ID acc "
-              "| rounds to 0.6 OOD "
-              "| rounds to 0.7 OOD | mask density | mask effect | mean agreement | wall min | s per round (median) |"
-              + (" final OOD minus baseline, per seed |" if paired else "") + "\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""))
-    lines = [header]
+    columns = ["configuration", "n", "final OOD acc", "OOD acc, last 5 rounds", "best OOD acc", "final ID acc",
+               "rounds to 0.6 OOD", "rounds to 0.7 OOD", "mask density", "mask effect", "mean agreement",
+               "wall min", "s per round (median)"] + (["final OOD minus baseline, per seed"] if paired else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         def pm(name: str) -> str:  # one seed has no spread to show
             return f"{row[f'{name}-mean']:.4f}" + (f" ± {row[f'{name}-std']:.4f}" if row["n"] > 1 else "")
@@ -215,12 +213,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             mean, hits = row[f"rounds-to-{threshold:g}"], row[f"reached-{threshold:g}"]
             return "never" if hits == 0 else f"{mean:.1f}" + ("" if hits == row["n"] else f" ({hits}/{row['n']})")
 
-        density = "-" if math.isnan(row["mask-density-mean"]) else f"{row['mask-density-mean']:.3f}"
-        effect = "-" if math.isnan(row["mask-effect-mean"]) else f"{row['mask-effect-mean']:.2g}"
-        agreement = "-" if math.isnan(row["mean-agreement-mean"]) else f"{row['mean-agreement-mean']:.3f}"
+        def mask(key: str, spec: str) -> str:  # runs without a mask recorded none
+            return "-" if math.isnan(row[f"{key}-mean"]) else format(row[f"{key}-mean"], spec)
+
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('last-ood')} | "
-                     f"{pm('best-ood')} | {pm('final-id')} | {reach(0.6)} | {reach(0.7)} | {density} | {effect} | "
-                     f"{agreement} | "
+                     f"{pm('best-ood')} | {pm('final-id')} | {reach(0.6)} | {reach(0.7)} | "
+                     f"{mask('mask-density', '.3f')} | {mask('mask-effect', '.2g')} | "
+                     f"{mask('mean-agreement', '.3f')} | "
                      f"{row['wall-minutes-mean']:.1f} | {row['round-seconds-median']:.1f} |"
                      + (f" {_paired(row)} |" if paired else ""))
     return "\n".join(lines) + "\n"
