@@ -61,7 +61,8 @@ def foreign_superlinks(commands: dict[int, list[str]], port: str) -> set[int]:
 @dataclass
 class FlowerRun:
     """What one ``flwr run`` did: its output (stdout and stderr, interleaved), wall time
-    and the memory of its process tree."""
+    and, when :meth:`LocalFlower.run` sampled it, the memory of its process tree (0 and no
+    samples otherwise)."""
 
     output: str
     returncode: int
@@ -126,14 +127,19 @@ class LocalFlower:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def run(self, app_dir: Path, run_config: dict[str, Any] | str, supernodes: int, cpus_per_client: int = 1,
-            timeout: float = 1800, sample_every: float = 0.25,
+            timeout: float = 1800, sample_every: float | None = None,
             on_line: Callable[[str], None] | None = None, gpus_per_client: float = 0.0) -> FlowerRun:
         """``flwr run app_dir --stream`` on a simulated federation of ``supernodes`` clients.
 
         ``on_line`` sees every output line as it arrives (progress reporting);
         after ``timeout`` seconds the command is stopped and the run so far returned.
+        With ``sample_every`` (seconds), the memory of the process tree is sampled at
+        that interval (``peak_rss_bytes``, ``rss_samples``); off by default, because one
+        sample walks every process through psutil: 26 ms of CPU on a 2-core machine,
+        a tenth of a core at 0.25 s, taken from the clients of every run (measured
+        against a running seed-setup grid). Only the benchmark asks for it.
         With ``gpus_per_client`` > 0, Ray gives each client that fraction of a GPU
-        and the GPU memory of every process is sampled too (through ``nvidia-smi``).
+        and, when sampling, the GPU memory of every process is sampled too (``nvidia-smi``).
         """
         self.stop_foreign_superlinks()
         config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
@@ -156,8 +162,9 @@ class LocalFlower:
                 if gpus_per_client:
                     gpu_peak = max([gpu_peak, *gpu_memory_bytes(pids).values()])
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = None if sample_every is None else threading.Thread(target=sample, daemon=True)
+        if sampler is not None:
+            sampler.start()
         lines: list[str] = []
         process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -172,7 +179,8 @@ class LocalFlower:
         finally:
             killer.cancel()
             done.set()
-            sampler.join()
+            if sampler is not None:
+                sampler.join()
         return FlowerRun("".join(lines), process.returncode, time.perf_counter() - start,
                          max((b for _, b in samples), default=0), samples, gpu_peak)
 

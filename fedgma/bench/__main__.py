@@ -68,7 +68,7 @@ def bare(config: dict[str, Any], clients: int) -> dict[str, Any]:
 def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path,
                cpus_per_client: int = 1, gpus_per_client: float = 0.0) -> dict[str, Any]:
     config = config | {"output-dir": str(out), "min-available-nodes": clients}
-    run = flower.run(REPO, config, clients, cpus_per_client, gpus_per_client=gpus_per_client)
+    run = flower.run(REPO, config, clients, cpus_per_client, sample_every=0.25, gpus_per_client=gpus_per_client)
     status = flower.runs()[0]["status"]
     if status != "finished:completed":
         raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
