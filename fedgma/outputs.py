@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .machine import machine
 from .settings import Settings
 
 #: The latest round checkpoint in a run's output folder (see fedgma.checkpoint).
@@ -42,32 +43,6 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - a missing optional package is just not listed
             pass
     return found
-
-
-def machine() -> dict[str, Any]:
-    """The CPU a run or benchmark ran on, so that wall times can be compared across machines.
-
-    Machines that report the same model name differ several-fold in this CNN's round time (a 2.0 GHz
-    AVX2-only EPYC against one with AVX-512), so the clock and the widest vector unit are kept too.
-    """
-    info = _proc_fields(Path("/proc/cpuinfo"))
-    flags = set(info.get("flags", "").split())
-    memory = _proc_fields(Path("/proc/meminfo")).get("MemTotal", "0 kB").split()[0]
-    return {"cpu": info.get("model name", platform.processor()), "cores": os.cpu_count(),
-            "cpu-mhz": float(info.get("cpu MHz", "nan")),
-            "vector-unit": next((f for f in ("avx512f", "avx2", "avx", "neon", "asimd") if f in flags), "unknown"),
-            "memory_bytes": int(memory) * 1024, "platform": platform.platform()}
-
-
-def _proc_fields(path: Path) -> dict[str, str]:
-    """The first value of each ``key : value`` line of a /proc file ({} where there is none: macOS)."""
-    fields: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                fields.setdefault(key.strip(), value.strip())
-    return fields
 
 
 class RunRecorder:

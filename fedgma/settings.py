@@ -69,8 +69,9 @@ class Settings:
     lr: float = _opt(1e-3, "Local learning rate.", low=0.0, low_open=True)
     precision: str = _opt("fp32", "'fp32', or 'bf16': convolutions and linear layers in bfloat16 under "
                                   "autocast, weights and Adam state in fp32 (on CPUs with bf16 units about 0.67x "
-                                  "the round time; same accuracy within seed noise in the runs measured, README "
-                                  "Performance).", choices=("fp32", "bf16"))
+                                  "the round time; without them, as on AVX2-only CPUs, torch emulates bf16 and it "
+                                  "is slower than fp32, which the run says; same accuracy within seed noise in the "
+                                  "runs measured, README Performance).", choices=("fp32", "bf16"))
     device: str = _opt("auto", "Where clients train and the server evaluates: 'auto' (CUDA when torch sees a GPU, "
                                "else the CPU), 'cpu' or 'cuda' ('cuda' without a GPU stops the run before round 1).",
                        choices=("auto", "cpu", "cuda"))

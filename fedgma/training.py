@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from .allocator import keep_freed_memory
 from .data import ColoredData
+from .machine import warn_if_bf16_is_emulated
 from .settings import ConfigError
 
 
@@ -95,7 +96,10 @@ def device_of(model: nn.Module) -> torch.device:
 
 def autocast(precision: str, device: torch.device):
     """``'bf16'``: bfloat16 autocast for forward passes (weights and optimizer stay
-    fp32); ``'fp32'``: plain fp32."""
+    fp32); ``'fp32'``: plain fp32. bf16 on a CPU without bfloat16 instructions is
+    emulated and slower than fp32, which is said once per process."""
+    if precision == "bf16" and device.type == "cpu":
+        warn_if_bf16_is_emulated()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

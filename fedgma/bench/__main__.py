@@ -43,7 +43,8 @@ import torch
 from flwr.common.logger import FLOWER_LOGGER
 
 from ..bare_loop import run_bare_loop
-from ..outputs import machine, versions
+from ..machine import machine
+from ..outputs import versions
 from ..settings import Settings
 from ..training import resolve_device
 from . import throughput
