@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from flwr.common.config import parse_config_args
 
-from .data import client_data, num_classes, test_sets
+from .data import client_data, test_sets
 from .model import build_model
 from .settings import Settings
 from .strategies.masking import weighted_mean
@@ -28,7 +28,7 @@ from .training import evaluate, prepare_model, resolve_device, shuffle_seed, tra
 def run_bare_loop(settings: Settings, num_clients: int, evaluate_each_round: bool = True,
                   on_round: Callable[[dict], None] | None = None) -> list[dict]:
     """FedAvg over ``num_clients`` partitions, all of them every round; one dict per round."""
-    model = prepare_model(build_model(num_classes(settings.task), seed=settings.seed), resolve_device(settings.device))
+    model = prepare_model(build_model(settings.task, seed=settings.seed), resolve_device(settings.device))
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows = []
     for server_round in range(1, settings.num_rounds + 1):

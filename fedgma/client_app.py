@@ -24,7 +24,7 @@ import torch
 from flwr.app import Context
 
 from .adapter import NumPyClientAdapter
-from .data import client_data, num_classes
+from .data import client_data
 from .model import build_model
 from .numpy_client import ColoredMnistClient
 from .settings import ConfigError, Settings
@@ -56,9 +56,9 @@ def partition_of(context: Context) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=2)
-def _model(outputs: int, device: str) -> torch.nn.Module:
+def _model(task: str, device: str) -> torch.nn.Module:
     """One model object per process (on the run's device), reused every round (weights are overwritten)."""
-    return prepare_model(build_model(outputs), resolve_device(device))
+    return prepare_model(build_model(task), resolve_device(device))
 
 
 def cpus_for_this_client(settings: Settings) -> int:
@@ -84,7 +84,7 @@ def client_fn(context: Context) -> ColoredMnistClient:
     threads = cpus_for_this_client(settings)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    model = _model(num_classes(settings.task), settings.device)
+    model = _model(settings.task, settings.device)
     return ColoredMnistClient(settings, pid, model, client_data(settings, pid, count))
 
 

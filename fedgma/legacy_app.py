@@ -19,12 +19,11 @@ from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, 
 
 from .client_app import client_fn as message_client_fn
 from .compat import APPEND_GRADIENT, LegacyFedGMA, LegacyGMA, LegacyGuard
-from .data import num_classes
 from .model import build_model
 from .numpy_client import ColoredMnistClient
 from .outputs import RunRecorder, resolve_output_dir
 from .server_app import CentralEvaluation
-from .settings import Settings
+from .settings import ConfigError, Settings
 from .strategies.replies import PARTITION_ID
 from .training import prepare_model, resolve_device
 
@@ -65,6 +64,9 @@ def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluat
         "fedadagrad": lambda: FedAdagrad(**common, **fedopt),
     }[settings.strategy]()
     weighted = settings.agreement_weighting == "examples"
+    if settings.fedgma_control != "none":
+        raise ConfigError("Run-config key 'fedgma-control' is not implemented by the legacy server app; run the "
+                          "controls with the Message-API app (fedgma.server_app).")
     if settings.strategy == "fedgma":
         return LegacyFedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
                             weighted_agreement=weighted)
@@ -76,7 +78,7 @@ def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluat
 def server_fn(context: Context) -> ServerAppComponents:
     settings = Settings.from_run_config(context.run_config)
     recorder = RunRecorder(resolve_output_dir(settings), settings)
-    initial_model = build_model(num_classes(settings.task), seed=settings.seed)
+    initial_model = build_model(settings.task, seed=settings.seed)
     names = list(initial_model.state_dict())
     initial = [tensor.numpy().copy() for tensor in initial_model.state_dict().values()]
     central: list[CentralEvaluation] = []
@@ -88,7 +90,7 @@ def server_fn(context: Context) -> ServerAppComponents:
         return (metrics["ood-loss"], dict(metrics)) if metrics is not None else None
 
     strategy = build_legacy_strategy(settings, initial, evaluate_fn)
-    model = prepare_model(build_model(num_classes(settings.task)), resolve_device(settings.device))
+    model = prepare_model(build_model(settings.task), resolve_device(settings.device))
     central.append(CentralEvaluation(settings, model, strategy, recorder))
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=settings.num_rounds,
                                                                       round_timeout=settings.round_timeout))

@@ -23,7 +23,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from .checkpoint import Checkpoint, check_resumable, load_checkpoint, random_states, save_checkpoint, set_random_states
-from .data import num_classes, test_sets
+from .data import test_sets
 from .model import build_model
 from .outputs import RoundTimer, RunRecorder, resolve_output_dir
 from .records import decode
@@ -82,7 +82,7 @@ def _fmt(value: float | None) -> str:
 def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
     """The recorder, the initial global model and the strategy: fresh, or from the checkpoint."""
     strategy = build_strategy(settings)
-    model = build_model(num_classes(settings.task), seed=settings.seed)
+    model = build_model(settings.task, seed=settings.seed)
     if not settings.resume:
         return RunRecorder(resolve_output_dir(settings), settings), ArrayRecord(model.state_dict()), strategy
     if not settings.output_dir:
@@ -107,7 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
         " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)
-    model = prepare_model(build_model(num_classes(settings.task)), device)
+    model = prepare_model(build_model(settings.task), device)
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder)
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,

@@ -43,9 +43,11 @@ class Settings:
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
                                "not redone; a larger num-rounds extends a completed run).")
     # --- data ---------------------------------------------------------------
-    task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e) "
-                               "or 'multiclass' colored MNIST (10 classes, class-specific colours).",
-                     choices=("binary", "multiclass"))
+    task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e), "
+                               "'multiclass' colored MNIST (10 classes, class-specific colours) or 'irm': IRM's "
+                               "colored MNIST (Arjovsky et al. 2019: 2 x 14 x 14 images, 25% label noise, an MLP; "
+                               "each client belongs to one of the 'environments').",
+                     choices=("binary", "multiclass", "irm"))
     data_dir: str = _opt("", "Folder with the four MNIST IDX .gz files (offline); '' = download with "
                              "torchvision into ~/.cache/fedgma.")
     preprocessing: str = _opt("clean", "'clean' (pixels in [0, 1], colour by label) or 'seed-repo': the seed "
@@ -60,6 +62,16 @@ class Settings:
     flip_high: float = _opt(0.2, "Highest per-client colour flip probability e_k (binary task).", low=0.0, high=1.0)
     ood_flip: float = _opt(0.9, "Colour flip probability of the OOD test set (binary task).", low=0.0, high=1.0)
     id_flip: float = _opt(0.15, "Colour flip probability of the in-distribution test set.", low=0.0, high=1.0)
+    environments: str = _opt("0.1,0.2", "Task 'irm': the training environments' colour flip probabilities, "
+                                        "comma-separated; client k belongs to environment k mod their number "
+                                        "(IRM: 0.1,0.2).")
+    train_validation_examples: int = _opt(0, "Training-domain validation set: this many MNIST training images, "
+                                             "drawn by the seed, are held out from every client and coloured like "
+                                             "the clients' data; evaluated every round (0 = none).", low=0,
+                                          high=30000)
+    test_validation_examples: int = _opt(0, "Test-domain validation set (oracle selection): the last this-many "
+                                            "MNIST test images, coloured like the OOD test set; the test sets use "
+                                            "only the images before them (0 = none).", low=0, high=5000)
     max_client_examples: int = _opt(0, "Keep at most this many examples per client (0 = all).", low=0)
     max_test_examples: int = _opt(0, "Keep at most this many test examples per test set (0 = all 10,000).", low=0)
     # --- local training (clients) -----------------------------------------------
@@ -99,6 +111,10 @@ class Settings:
     fedgma_direction: str = _opt("gradient", "What FedGMA masks: the clients' last local 'gradient' (paper) "
                                              "or the 'pseudo-gradient' w_t - w_k (no gradient upload).",
                                  choices=("gradient", "pseudo-gradient"))
+    fedgma_control: str = _opt("none", "A matched control for FedGMA's step: 'none' (FedGMA), 'uniform-step' "
+                                       "(no mask: every coordinate takes the step scaled by the round's mask "
+                                       "density) or 'random-mask' (a random mask with the sign mask's per-layer "
+                                       "density).", choices=("none", "uniform-step", "random-mask"))
     mask: str = _opt("soft", "GMA (journal) mask: 'soft' (A_j below tau scales by A_j) or 'hard' (zeroes).",
                      choices=("soft", "hard"))
     tau: float = _opt(0.4, "GMA (journal) threshold on the sign agreement.", low=0.0, high=1.0)
@@ -133,6 +149,10 @@ class Settings:
         if settings.preprocessing == "seed-repo" and settings.task != "binary":
             raise ConfigError("Run-config key 'preprocessing' = 'seed-repo' needs task='binary' (the seed "
                               "repository has only the binary task).")
+        environment_flips(settings.environments)  # raises ConfigError naming the key
+        if settings.fedgma_control != "none" and settings.strategy != "fedgma":
+            raise ConfigError(f"Run-config key 'fedgma-control' = {settings.fedgma_control!r} needs "
+                              "strategy='fedgma' (it replaces FedGMA's mask).")
         if settings.gma and settings.strategy == "fedgma":
             raise ConfigError("Run-config key 'gma' must be false with strategy='fedgma' "
                               "(FedGMA masks already); use gma=true with fedavg, fedprox, fedavgm, "
@@ -147,6 +167,18 @@ class Settings:
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(key, default, meaning) for every key, in declaration order (used by docs tests)."""
         return [(f.name.replace("_", "-"), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def environment_flips(environments: str) -> tuple[float, ...]:
+    """The run-config key 'environments' ("0.1,0.2") as flip probabilities, checked."""
+    try:
+        flips = tuple(float(part) for part in environments.split(","))
+    except ValueError:
+        flips = ()
+    if not flips or not all(0.0 <= flip <= 1.0 for flip in flips):
+        raise ConfigError(f"Run-config key 'environments' is {environments!r}; it must be comma-separated colour "
+                          "flip probabilities in [0, 1], e.g. '0.1,0.2'.")
+    return flips
 
 
 #: Today's default of every key: what a run made before a key existed ran with (the

@@ -61,7 +61,7 @@ def test_cpu_tensors_are_zero_copy_views():
 def test_training_and_evaluation_run_where_the_model_is():
     rng = np.random.default_rng(0)
     data = ColoredData(rng.integers(0, 256, (16, 3, 28, 28), dtype=np.uint8), rng.integers(0, 2, 16))
-    model = prepare_model(build_model(1, seed=0), resolve_device("cpu"))
+    model = prepare_model(build_model("binary", seed=0), resolve_device("cpu"))
     result = train_local(model, data, epochs=2, batch_size=8, optimizer="adam", lr=1e-3)
     assert set(result.last_gradient) == {name for name, _ in model.named_parameters()}
     assert all(isinstance(g, np.ndarray) for g in result.last_gradient.values())

@@ -28,7 +28,8 @@ def flower(tmp_path_factory):
 def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
     out = tmp_path / "out"
     done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 150,
-                             "max-test-examples": 300, "fraction-evaluate": 1.0, "output-dir": str(out)}, 3)
+                             "max-test-examples": 300, "fraction-evaluate": 1.0, "output-dir": str(out),
+                             "train-validation-examples": 200, "test-validation-examples": 100}, 3)
     assert "[round 2/2] OOD acc" in done.output, done.output[-5000:]
     assert flower.runs()[0]["status"] == "finished:completed"
 
@@ -42,12 +43,13 @@ def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
     for row in rounds[1:]:
         assert row["replies-accepted"] == 3 and row["replies-failed"] == 0 and row["replies-rejected"] == 0
         assert 0 <= row["ood-accuracy"] <= 1 and 0 <= row["id-accuracy"] <= 1
+        assert 0 <= row["train-val-accuracy"] <= 1 and 0 <= row["test-val-accuracy"] <= 1  # model selection
         assert 0 <= row["mask-density"] <= 1 and "train-loss" in row and "local-accuracy" in row
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 4 and csv_lines[0].startswith("round,")
     png = (out / "accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    model = build_model(1)
+    model = build_model("binary")
     model.load_state_dict(torch.load(out / "model.pt"))  # the final model is a loadable CNN state dict
 
 

@@ -67,6 +67,48 @@ def test_fedgma_pseudo_gradient_direction_needs_no_gradient():
     np.testing.assert_allclose(new["w"], [1.5, 0.0])
 
 
+def test_uniform_step_control_steps_every_coordinate_by_the_mask_density():
+    reference = {"w": np.zeros(3, np.float32)}
+    clients = [{"w": np.array([1.0, 2.0, 3.0], np.float32)}, {"w": np.array([3.0, 2.0, 1.0], np.float32)}]
+    gradients = [{"w": np.array([1.0, 1.0, -1.0], np.float32)}, {"w": np.array([3.0, -1.0, -3.0], np.float32)}]
+    # as in the hand-computed FedGMA step: the sign mask [1, 0, 1] has density 2/3, the mean gradient is
+    # [2.5, -0.5, -2.5]; the control steps w = mean - 0.1 * (2/3) * that on every coordinate
+    new, metrics = run_round(FedGMA(fedavg(), p=0.8, server_lr=0.1, control="uniform-step"), reference, clients,
+                             (1, 3), gradients, node_ids=(1, 2))
+    np.testing.assert_allclose(new["w"], np.array([2.5, 2.0, 1.5]) - 0.1 * 2 / 3 * np.array([2.5, -0.5, -2.5]),
+                               rtol=1e-6)
+    assert metrics["mask-density"] == pytest.approx(2 / 3)  # the statistics describe the sign mask
+
+
+def test_random_mask_control_keeps_each_layers_count_at_random_places():
+    rng = np.random.default_rng(0)
+    reference = {"w": np.zeros((40, 50), np.float32), "b": np.zeros(30, np.float32)}
+    clients = [{n: rng.standard_normal(a.shape).astype(np.float32) for n, a in reference.items()} for _ in range(5)]
+    # pseudo-gradient, eta_s = 1: each kept coordinate moves twice as far as the mean update
+    make = lambda control: FedGMA(fedavg(), p=0.6, server_lr=1.0, direction="pseudo-gradient",  # noqa: E731
+                                  control=control, seed=7)
+    nodes = tuple(range(1, 6))
+    masked, _ = run_round(make("none"), reference, clients, (1,) * 5, node_ids=nodes)
+    randomised, _ = run_round(make("random-mask"), reference, clients, (1,) * 5, node_ids=nodes)
+    again, _ = run_round(make("random-mask"), reference, clients, (1,) * 5, node_ids=nodes)
+    mean = {n: np.mean([c[n] for c in clients], axis=0) for n in reference}
+    for name in reference:
+        # a kept coordinate moved by |mean| from the mean, a masked one not at all
+        sign_kept = np.abs(masked[name] - mean[name]) > 0.5 * np.abs(mean[name])
+        random_kept = np.abs(randomised[name] - mean[name]) > 0.5 * np.abs(mean[name])
+        assert 0 < sign_kept.sum() == random_kept.sum() < sign_kept.size  # same count per layer ...
+        assert not np.array_equal(sign_kept, random_kept)  # ... elsewhere
+        np.testing.assert_allclose(randomised[name][random_kept], 2 * mean[name][random_kept], rtol=1e-4, atol=1e-6)
+        assert np.array_equal(randomised[name], again[name])  # drawn from (seed, round): reproducible
+
+
+def test_controls_need_fedgma():
+    with pytest.raises(ConfigError, match="'fedgma-control'"):
+        Settings.from_run_config({"strategy": "fedavg", "fedgma-control": "random-mask"})
+    with pytest.raises(ValueError, match="control"):
+        FedGMA(fedavg(), control="shuffle")
+
+
 def test_fedgma_asks_clients_for_gradients_only_when_it_uses_them():
     reference, _ = global_and_clients()
     assert send(FedGMA(fedavg()), reference)[0].content["config"]["send-gradient"] is True

@@ -50,7 +50,7 @@ def time_aggregation(name: str, k: int, seed: int = 0) -> float:
     """Seconds of one ``aggregate_train`` of strategy ``name`` over K fresh replies."""
     _as_task()
     rng = np.random.default_rng(seed)
-    reference = {n: t.numpy() for n, t in build_model(1, seed=seed).state_dict().items()}
+    reference = {n: t.numpy() for n, t in build_model("binary", seed=seed).state_dict().items()}
     strategy = STRATEGIES[name]()
     instructions = list(strategy.configure_train(1, encode(reference), ConfigRecord(), _Grid(k)))
     wants_gradient = bool(instructions[0].content["config"].get("send-gradient", False))

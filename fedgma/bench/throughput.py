@@ -59,7 +59,7 @@ def local_training(data: ColoredData, precision: str, epochs: int = 3, as_seed: 
 
     ``as_seed``: the seed's layer order and glibc's default allocator while it runs.
     """
-    model = prepare_model(build_model(1, seed=0))
+    model = prepare_model(build_model("binary", seed=0))
     if as_seed:
         seed_layer_order(model)
 

@@ -16,6 +16,12 @@ the generator they are given, so the result is fixed by the seed.
   permuted, to (N, 3, 28, 28), which scatters each pixel's three channel values
   over the three planes. The raw 0 to 255 input scale is the training code's
   part (``ColoredData.scale``).
+* irm (Arjovsky et al. 2019, "Invariant Risk Minimization", section 5.2): the
+  binary label flipped with probability 0.25 (label noise: shape alone predicts
+  it 75% of the time), the colour equal to the noisy label but flipped with the
+  environment's probability, and the digit, subsampled to 14 x 14, in one of two
+  channels (2 x 14 x 14). IRM's y is 1 for digits 0 to 4 and ours for 5 to 9:
+  the task is the same with the classes renamed.
 * multiclass (after Arpit et al. 2019): 10 classes; in training every class has
   two foreground and two background colours of its own; at test time foreground
   and background are drawn from a shared set of 10 colours, independent of class.
@@ -37,9 +43,9 @@ def binary_labels(digits: np.ndarray) -> np.ndarray:
     return (digits >= 5).astype(np.int64)
 
 
-def color_binary(images: np.ndarray, digits: np.ndarray, flip: float,
+def color_binary(images: np.ndarray, digits: np.ndarray, flip: float | np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Binary colored MNIST with colour flip probability ``flip``."""
+    """Binary colored MNIST with colour flip probability ``flip`` (one, or one per image)."""
     labels = binary_labels(digits)
     flipped = rng.random(len(labels)) < flip
     channel = labels ^ flipped  # 0 = red, 1 = green
@@ -48,7 +54,22 @@ def color_binary(images: np.ndarray, digits: np.ndarray, flip: float,
     return colored, labels
 
 
-def color_seed_repo(images: np.ndarray, digits: np.ndarray, flip: float,
+#: IRM's label noise: the probability that a label is flipped before colouring.
+IRM_LABEL_NOISE = 0.25
+
+
+def color_irm(images: np.ndarray, digits: np.ndarray, flip: float | np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """IRM's colored MNIST with colour flip probability ``flip`` (one, or one per image): (N, 2, 14, 14)."""
+    n = len(digits)
+    labels = binary_labels(digits) ^ (rng.random(n) < IRM_LABEL_NOISE)
+    channel = labels ^ (rng.random(n) < flip)
+    colored = np.zeros((n, 2, 14, 14), dtype=np.uint8)
+    colored[np.arange(n), channel] = images[:, ::2, ::2]
+    return colored, labels
+
+
+def color_seed_repo(images: np.ndarray, digits: np.ndarray, flip: float | np.ndarray,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The seed repository's training colouring, reshape included (see the module docstring)."""
     swapped = rng.random(len(digits)) < flip

@@ -10,7 +10,10 @@ DPML workshop (arXiv 2104.10322), Algorithm 1. Per round t:
 4. w_{t+1} = w_bar - eta_s * g_bar, with its own server step size eta_s.
 
 With ``direction="pseudo-gradient"`` the masked direction is w_t - w_k instead of
-g_k, so clients need not upload a second model-sized array.
+g_k, so clients need not upload a second model-sized array. ``control`` replaces
+the sign mask in step 4 by a matched control of the same density
+(:func:`~fedgma.strategies.masking.control_masks`), to tell "agreement picks the
+right coordinates" from "some coordinates take a larger step".
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import INFO
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -25,11 +29,15 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..records import encode
 from .guard import ReplyGuard, check_choice, check_fraction
-from .masking import fedgma_layer, mask_statistics
+from .masking import (STEP_CONTROLS, MaskedLayer, control_masks, fedgma_direction, fedgma_step, hard_mask,
+                      mask_statistics)
 from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
 
 #: Train-config flag that asks the ClientApp for its last local gradient.
 SEND_GRADIENT = "send-gradient"
+
+#: Stream id of the random-mask control's generator, apart from every other use of the seed.
+_CONTROL_STREAM = 2_000_001
 
 
 class FedGMA(ReplyGuard):
@@ -54,12 +62,18 @@ class FedGMA(ReplyGuard):
     weighted_agreement : bool (default: False)
         Weight each client's sign by its number of examples instead of counting
         clients equally (the paper).
+    control : str (default: "none")
+        "none" (FedGMA), or a matched control that steps without agreement:
+        "uniform-step" (every coordinate, scaled by the round's mask density) or
+        "random-mask" (a random mask with the sign mask's per-layer density,
+        drawn from (seed, round)).
     **guard
         ``seed`` and ``min_accepted_fraction`` of :class:`ReplyGuard`.
     """
 
     def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4,
-                 direction: str = "gradient", weighted_agreement: bool = False, **guard) -> None:
+                 direction: str = "gradient", weighted_agreement: bool = False, control: str = "none",
+                 **guard) -> None:
         super().__init__(fedavg, **guard)
         if server_lr < 0:
             raise ValueError(f"FedGMA server_lr must be >= 0, got {server_lr}")
@@ -67,11 +81,13 @@ class FedGMA(ReplyGuard):
         self.server_lr = server_lr
         self.direction = check_choice("FedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.weighted_agreement = weighted_agreement
+        self.control = check_choice("FedGMA control", control, STEP_CONTROLS)
         self.expected_records = (WEIGHTS, GRADIENT) if direction == "gradient" else (WEIGHTS,)
 
     def summary(self) -> None:
-        log(INFO, "\t├──> FedGMA: hard mask p %s, server lr %s, masks the %s, %s agreement", self.p,
-            self.server_lr, self.direction, "example-weighted" if self.weighted_agreement else "unweighted")
+        log(INFO, "\t├──> FedGMA: hard mask p %s, server lr %s, masks the %s, %s agreement%s", self.p,
+            self.server_lr, self.direction, "example-weighted" if self.weighted_agreement else "unweighted",
+            "" if self.control == "none" else f"; control: {self.control} instead of the sign mask")
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -83,11 +99,16 @@ class FedGMA(ReplyGuard):
                            replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         weights = [r.num_examples for r in replies]
         sign_weights = weights if self.weighted_agreement else None
-        layers = {}
+        parts = {}
         for name, reference in self.current_arrays.items():
             gradients = [r.arrays[GRADIENT][name] for r in replies] if self.direction == "gradient" else None
-            layers[name] = fedgma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.p,
-                                        self.server_lr, gradients, sign_weights)
+            parts[name] = fedgma_direction(reference, [r.arrays[WEIGHTS][name] for r in replies], weights,
+                                           gradients, sign_weights)
+        masks = {name: hard_mask(part.agreement, self.p) for name, part in parts.items()}
+        rng = np.random.default_rng([self.seed, server_round, _CONTROL_STREAM])
+        steps = control_masks(masks, self.control, rng)
+        layers = {name: MaskedLayer(fedgma_step(part, steps[name], self.server_lr), part.mean_weights, masks[name],
+                                    part.agreement) for name, part in parts.items()}
         metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
         return (encode({name: layer.weights for name, layer in layers.items()}),
                 MetricRecord(dict(metrics) | mask_statistics(self.current_arrays, layers)))

@@ -123,26 +123,71 @@ class MaskedLayer(NamedTuple):
     agreement: np.ndarray
 
 
+class FedGMADirection(NamedTuple):
+    """What FedGMA's step is made of, for one layer."""
+
+    mean_weights: np.ndarray  # w_bar, FedAvg's average
+    direction: np.ndarray  # the weighted mean direction d_bar the server steps against
+    agreement: np.ndarray  # the sign agreement of the clients' directions
+
+
+def fedgma_direction(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
+                     gradients: Sequence[np.ndarray] | None = None,
+                     sign_weights: Sequence[float] | None = None) -> FedGMADirection:
+    """w_bar, d_bar and the agreement of one layer: d_bar is the weighted mean of the clients' last gradients
+    g_k when given (the paper), else the pseudo-gradient w_t - w_bar (its signs are those of w_t - w_k,
+    computed without forming the differences)."""
+    mean_weights = weighted_mean(client_weights, example_weights)
+    if gradients is not None:
+        return FedGMADirection(mean_weights, weighted_mean(gradients, example_weights),
+                               sign_agreement(gradients, sign_weights))
+    return FedGMADirection(mean_weights, reference - mean_weights,
+                           sign_agreement(client_weights, sign_weights, reference=reference))
+
+
+def fedgma_step(part: FedGMADirection, step_mask: np.ndarray, server_lr: float) -> np.ndarray:
+    """w_{t+1} = w_bar - server_lr * m * d_bar."""
+    return part.mean_weights - server_lr * (step_mask * part.direction)
+
+
 def fedgma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
                  threshold: float, server_lr: float, gradients: Sequence[np.ndarray] | None = None,
                  sign_weights: Sequence[float] | None = None) -> MaskedLayer:
-    """One layer of FedGMA (workshop version).
+    """One layer of FedGMA (workshop version): :func:`fedgma_step` with m the hard mask of the
+    direction's sign agreement at ``threshold`` (see :func:`fedgma_direction`)."""
+    part = fedgma_direction(reference, client_weights, example_weights, gradients, sign_weights)
+    mask = hard_mask(part.agreement, threshold)
+    return MaskedLayer(fedgma_step(part, mask, server_lr), part.mean_weights, mask, part.agreement)
 
-    w_{t+1} = w_bar - server_lr * m * d_bar, with w_bar the weighted mean of the
-    clients' weights and d_bar the weighted mean direction: the clients' last
-    gradients g_k when given (the paper), else the pseudo-gradient w_t - w_bar (its
-    signs are those of w_t - w_k, computed without forming the differences); m is
-    the hard mask of the direction's sign agreement at ``threshold``.
+
+#: Matched controls for FedGMA's step (``fedgma-control``): the same step without sign agreement.
+STEP_CONTROLS = ("none", "uniform-step", "random-mask")
+
+
+def random_mask_like(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 0/1 mask (float32) with as many ones as ``mask`` has non-zeros, at positions drawn by ``rng``."""
+    out = np.zeros(mask.size, dtype=np.float32)
+    out[rng.choice(mask.size, size=int(np.count_nonzero(mask)), replace=False)] = 1.0
+    return out.reshape(mask.shape)
+
+
+def control_masks(masks: Mapping[str, np.ndarray], control: str,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The step masks of a matched control for FedGMA's hard sign masks (one per layer).
+
+    ``none``: the masks themselves (FedGMA). ``uniform-step``: every coordinate steps by the round's
+    overall mask density d (so w_bar - eta_s d d_bar: the same mean step length, no selection).
+    ``random-mask``: per layer, as many kept coordinates as the sign mask keeps, chosen at random. If a
+    control does as well as FedGMA, the gain comes from the larger step, not from where agreement puts it.
     """
-    mean_weights = weighted_mean(client_weights, example_weights)
-    if gradients is not None:
-        agreement = sign_agreement(gradients, sign_weights)
-        direction = weighted_mean(gradients, example_weights)
-    else:
-        agreement = sign_agreement(client_weights, sign_weights, reference=reference)
-        direction = reference - mean_weights
-    mask = hard_mask(agreement, threshold)
-    return MaskedLayer(mean_weights - server_lr * (mask * direction), mean_weights, mask, agreement)
+    if control == "none":
+        return dict(masks)
+    if control == "uniform-step":
+        density = sum(np.count_nonzero(m) for m in masks.values()) / sum(m.size for m in masks.values())
+        return {name: np.full(m.shape, density, dtype=np.float32) for name, m in masks.items()}
+    if control == "random-mask":
+        return {name: random_mask_like(m, rng) for name, m in masks.items()}
+    raise ValueError(f"FedGMA control must be one of {', '.join(map(repr, STEP_CONTROLS))}, got {control!r}")
 
 
 def gma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],

@@ -38,7 +38,7 @@ def build_strategy(settings: Settings) -> ReplyGuard:
     guard = dict(seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction)
     if settings.strategy == "fedgma":
         return FedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
-                      weighted_agreement=weighted, **guard)
+                      weighted_agreement=weighted, control=settings.fedgma_control, **guard)
     if settings.gma:
         return GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted, **guard)
     return ReplyGuard(inner, **guard)
