@@ -16,7 +16,8 @@ A grid is a TOML file in ``fedgma/experiments/grids/`` (or any path)::
     strategy = ["fedavg", "fedgma"]
 
     [[variants]]                             # optional: named sets of keys, the innermost axis
-    name = "gma-soft"
+    name = "gma-soft-tau0.4"
+    method = "GMA (soft)"                    # optional: variants of one method are its tuning candidates
     gma = true
 
     [baseline]                               # optional: what each configuration is compared with,
@@ -53,6 +54,7 @@ class Run:
     config: dict[str, Any]  # the run config passed to ``flwr run`` (output-dir added by the runner)
     supernodes: int
     cpus_per_client: int
+    method: str = ""  # the method a variant tunes (``method`` in ``[[variants]]``; default: its name)
 
     @property
     def group(self) -> str:
@@ -106,10 +108,11 @@ def load_grid(name_or_path: str) -> Grid:
         for variant in variants:
             variant = dict(variant)
             label = variant.pop("name", None)
+            method = variant.pop("method", label or "")
             config = base | variant | chosen
             Settings.from_run_config(config)  # a bad grid fails before anything runs
             runs.append(Run(_run_name(chosen, label), config, int(spec.get("supernodes", 10)),
-                            int(spec.get("cpus-per-client", 1))))
+                            int(spec.get("cpus-per-client", 1)), method))
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"Grid {path}: two runs share a name; give each variant a distinct 'name'.")
