@@ -59,7 +59,7 @@ def test_a_bad_grid_fails_before_anything_runs(tmp_path):
 def test_committed_grids_are_valid():
     for name in available_grids():
         grid = load_grid(name)
-        assert grid.runs and grid.description, name
+        assert (grid.runs or grid.pending) and grid.description, name  # a selected grid may wait for its tuning
 
 
 # --- tables and plots from output folders -----------------------------------------------------------

@@ -18,19 +18,21 @@ from pathlib import Path
 
 from ..local_flower import LocalFlower, run_config_arg
 from ..settings import ConfigError, Settings
-from .grid import REPO, available_grids, load_grid
+from .grid import REPO, RESULTS, available_grids, load_grid
+from .headline import headline_rows, selection_table, task_rows, with_holm
+from .headline import to_csv as headline_csv
+from .headline import to_markdown as headline_markdown
 from .plots import plot_all
-from .results import NO_BASELINE, baseline_label, group_runs, load_runs, summary_rows, to_csv, to_markdown
+from .results import LAST_ROUNDS, NO_BASELINE, baseline_label, group_runs, load_runs, summary_rows, to_csv, to_markdown
 from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
-RESULTS = REPO / "results"
 DOCS = REPO / "docs" / "results"
 
 
 def _list(args: argparse.Namespace) -> int:
     for name in available_grids() if not args.grid else [args.grid]:
-        grid = load_grid(name)
-        print(f"{name}: {len(grid.runs)} runs; {grid.description}")
+        grid = load_grid(name, args.results)
+        print(f"{name}: " + (grid.pending if grid.pending else f"{len(grid.runs)} runs") + f"; {grid.description}")
         if args.grid:
             for run in grid.runs:
                 state = run_state(args.results / name / run.name, int(run.config.get("num-rounds", 15)))
@@ -40,11 +42,17 @@ def _list(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Each grid in turn (a queue for a long session), through one local SuperLink."""
-    grids = [load_grid(name) for name in args.grid]  # every grid is checked before anything runs
+    for name in args.grid:  # every grid is checked before anything runs
+        load_grid(name, args.results)
     stop_on_sigterm()
     failures = 0
     with LocalFlower() as flower:
-        for grid in grids:
+        for name in args.grid:
+            grid = load_grid(name, args.results)  # again: a selected grid may follow its tuning grid
+            if grid.pending:
+                print(f"{grid.name}: not run: it {grid.pending}", file=sys.stderr, flush=True)
+                failures += 1
+                continue
             outcomes = run_grid(grid, args.results, args.data_dir, args.only, timeout=args.timeout * 60,
                                 flower=flower, reuse=not args.no_reuse, retries=args.retries)
             failed = [o for o in outcomes if o.status not in ("completed", "skipped", REUSED)]
@@ -110,8 +118,41 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _headline(args: argparse.Namespace) -> int:
+    """docs/results/headline.md and .csv: the headline table of every task in headline.toml."""
+    rows, waiting, _ = headline_rows(args.results)
+    out = args.out or DOCS
+    out.mkdir(parents=True, exist_ok=True)
+    text = ("**Headline: configurations selected by training-domain validation (oracle: test-domain validation, "
+            "in brackets, not tested), fresh seeds, last round; differences paired by seed, p from a paired "
+            "t-test, Holm-corrected over the table.** Accuracies in %.\n\n" + headline_markdown(rows)
+            + "".join(f"\n- not yet: {line}" for line in waiting) + ("\n" if waiting else ""))
+    (out / "headline.md").write_text(text)
+    (out / "headline.csv").write_text(headline_csv(rows))
+    print(text)
+    return 0
+
+
+def _report_selected(grid, args: argparse.Namespace) -> int:
+    """A selected grid's selection (every candidate, both criteria) and its rows of the headline table."""
+    out = args.out or DOCS / grid.name
+    out.mkdir(parents=True, exist_ok=True)
+    rows = with_holm(task_rows(grid.name, grid, args.results))
+    text = (f"**{grid.description}**\n\nSelection (mean over the selection seeds of each run's last "
+            f"{LAST_ROUNDS} rounds; chosen in bold):\n\n{selection_table(grid)}\nOn the fresh seeds (p Holm-"
+            f"corrected within this grid only; the headline corrects over every task):\n\n{headline_markdown(rows)}")
+    (out / "summary.md").write_text(text)
+    (out / "summary.csv").write_text(headline_csv(rows))
+    print(text)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid)
+    if not args.grid:
+        return _headline(args)
+    grid = load_grid(args.grid, args.results)
+    if grid.selected or grid.pending:
+        return _report_selected(grid, args)
     return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description,
                          baseline=grid.baseline, pool=args.results)
 
@@ -146,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                               "values (e.g. strategy=fedavg)")
         sub.set_defaults(func=lambda a, kinds=kinds: _write_tables(a.folders, a.out, a.title,
                                                                    baseline=_pairs(a.baseline), **kinds))
-    report = commands.add_parser("report", help="plots and table of a grid's results into docs/results/<grid>")
-    report.add_argument("grid")
+    report = commands.add_parser("report", help="the headline table (no grid), or a grid's plots and table, into "
+                                                "docs/results/")
+    report.add_argument("grid", nargs="?", default="")
     report.add_argument("--out", type=Path, default=None)
     report.set_defaults(func=_report)
     configure = commands.add_parser("config", help="a config file + KEY=VALUE overrides as one --run-config string")

@@ -23,6 +23,21 @@ A grid is a TOML file in ``fedgma/experiments/grids/`` (or any path)::
     [baseline]                               # optional: what each configuration is compared with,
     strategy = "fedavg"                      # seed by seed, in the grid's report
 
+A *selected* grid has no runs of its own design: it re-runs, with fresh seeds,
+the configuration each method of a tuning grid selects (:mod:`.selection`),
+under each criterion, and optional matched controls of a selected method::
+
+    description = "..."
+    [selection]
+    from = "irm-tune"                        # the tuning grid, whose runs must all be completed
+    seeds = [10, 11, 12, 13, 14]             # fresh: none of them was used to select
+    baseline = "FedAvg"                      # the method every other is compared with
+
+    [[controls]]                             # optional: the selected FedGMA again, its mask replaced
+    method = "FedGMA"
+    name = "uniform-step"
+    fedgma-control = "uniform-step"
+
 
 Each run is the base configuration, then ``[config]``, then one variant, then
 one combination of ``[vary]``; its name lists the values that vary
@@ -32,6 +47,7 @@ what it is. This module is pure: it reads files and returns :class:`Run` objects
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass, field
@@ -39,11 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import ConfigError, Settings
+from .selection import CRITERIA, Candidate, candidates_of, select
 
 REPO = Path(__file__).resolve().parents[2]
 GRIDS = Path(__file__).resolve().parent / "grids"
+RESULTS = REPO / "results"
 _GRID_KEYS = {"description", "config-file", "supernodes", "cpus-per-client", "config", "vary", "variants",
               "baseline"}
+_SELECTED_GRID_KEYS = {"description", "selection", "controls"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,12 @@ class Grid:
     description: str
     runs: list[Run]
     baseline: dict[str, Any] = field(default_factory=dict)  # keys whose values make a run's control
+    # A selected grid: criterion -> method -> the chosen candidate, the baseline method, and why it cannot
+    # run yet (its tuning grid is incomplete; then ``runs`` is empty).
+    selected: dict[str, dict[str, Candidate]] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)  # every configuration of the tuning grid
+    baseline_method: str = ""
+    pending: str = ""
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -86,10 +111,13 @@ def available_grids() -> list[str]:
     return sorted(p.stem for p in GRIDS.glob("*.toml"))
 
 
-def load_grid(name_or_path: str) -> Grid:
-    """Read and check a grid file; every run's configuration is validated by :class:`Settings`."""
+def load_grid(name_or_path: str, results: Path = RESULTS) -> Grid:
+    """Read and check a grid file; every run's configuration is validated by :class:`Settings`.
+    A selected grid's runs follow from the completed runs of its tuning grid under ``results``."""
     path = grid_path(name_or_path)
     spec = tomllib.loads(path.read_text())
+    if "selection" in spec:
+        return _selected_grid(path, spec, results)
     unknown = set(spec) - _GRID_KEYS
     if unknown:
         raise ConfigError(f"Grid {path}: unknown keys {sorted(unknown)}; allowed: {sorted(_GRID_KEYS)}.")
@@ -135,3 +163,40 @@ def _short(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _selected_grid(path: Path, spec: dict[str, Any], results: Path) -> Grid:
+    """The runs of a grid with a ``[selection]`` table (see the module docstring)."""
+    unknown = set(spec) - _SELECTED_GRID_KEYS
+    selection = spec["selection"]
+    if unknown or not {"from", "seeds", "baseline"} <= set(selection):
+        raise ConfigError(f"Grid {path}: a selected grid has the keys {sorted(_SELECTED_GRID_KEYS)} and a "
+                          "[selection] table with 'from', 'seeds' and 'baseline'.")
+    source = load_grid(selection["from"], results)
+    methods = {run.method for run in source.runs}
+    controls = [dict(control) for control in spec.get("controls", [])]
+    for name in [selection["baseline"]] + [control.get("method") for control in controls]:
+        if name not in methods:
+            raise ConfigError(f"Grid {path}: method {name!r} is not one of grid {source.name}'s: {sorted(methods)}.")
+    candidates, missing = candidates_of([(run.method, run.group, results / source.name / run.name)
+                                         for run in source.runs])
+    grid = Grid(path.stem, spec.get("description", ""), [], baseline_method=selection["baseline"])
+    if missing:
+        return dataclasses.replace(grid, pending=f"waits for {len(missing)} of {len(source.runs)} runs of grid "
+                                                 f"{source.name} to complete (run it first)")
+    selected = {criterion: select(candidates, criterion) for criterion in CRITERIA}
+    chosen = {candidate.variant for by_method in selected.values() for candidate in by_method.values()}
+    templates = {run.group: run for run in source.runs}
+    runs = []
+    for seed in selection["seeds"]:
+        for variant in [group for group in templates if group in chosen]:  # the tuning grid's order
+            template = templates[variant]
+            config = template.config | {"seed": seed}
+            runs.append(dataclasses.replace(template, name=f"{variant}__seed={seed}", config=config))
+            for control in (c for c in controls if c["method"] == template.method):
+                keys = {k: v for k, v in control.items() if k not in ("method", "name")}
+                Settings.from_run_config(config | keys)
+                runs.append(dataclasses.replace(template, name=f"{variant}+{control['name']}__seed={seed}",
+                                                config=config | keys,
+                                                method=f"{template.method} + {control['name']} control"))
+    return dataclasses.replace(grid, runs=runs, selected=selected, candidates=candidates)

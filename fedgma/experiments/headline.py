@@ -1,0 +1,201 @@
+"""The headline table: selected configurations, fresh seeds, paired tests, Holm-corrected, from committed runs.
+
+For each task (a selected grid, :mod:`.grid`) and method, the row reports the
+configuration chosen by training-domain validation on its fresh seeds, at the
+last round: final OOD test accuracy with a 95% confidence interval, the area
+under the OOD curve (its mean over rounds 1 to T), and the paired difference to
+the baseline method (same seeds) with its confidence interval, paired t-test
+p-value and the Holm-corrected p-value over every comparison in the table. The
+oracle selection (test-domain validation) is shown beside it, labelled, and is
+not part of the tested family. A matched control of a method is compared with
+that method, not with the baseline. ``plateau`` is the change of training-domain
+validation accuracy over the last fifth of the rounds: near 0 means the curve had
+flattened.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .grid import GRIDS, Grid, load_grid
+from .results import RunResult, load_runs
+from .selection import CRITERIA
+from .statistics import ALPHA, PairedComparison, holm, mean_interval, paired_comparison
+
+HEADLINE = GRIDS.parent / "headline.toml"
+KEY = "ood-accuracy"
+
+
+@dataclass
+class Row:
+    task: str
+    method: str
+    selected: str  # the configuration (tuning variant) the training-domain criterion chose
+    compared_with: str
+    finals: dict[int, float]  # seed -> final OOD accuracy
+    auc: float
+    plateau: float
+    oracle_selected: str
+    oracle_mean: float
+    comparison: PairedComparison | None
+    p_holm: float = math.nan
+
+    def cells(self) -> dict[str, Any]:
+        mean, low, high = mean_interval(list(self.finals.values())) if self.finals else (math.nan,) * 3
+        c = self.comparison
+        return {"task": self.task, "method": self.method, "selected (training-domain)": self.selected,
+                "n": len(self.finals), "final OOD acc": mean, "ci-low": low, "ci-high": high,
+                "oracle selected": self.oracle_selected, "oracle final OOD acc": self.oracle_mean,
+                "OOD AUC": self.auc, "plateau": self.plateau, "compared with": self.compared_with,
+                "difference": c.mean if c else math.nan, "difference ci-low": c.low if c else math.nan,
+                "difference ci-high": c.high if c else math.nan, "p": c.p_value if c else math.nan,
+                "p (Holm)": self.p_holm}
+
+
+def final(run: RunResult) -> float:
+    return float(run.rounds[-1][KEY])
+
+
+def area_under_curve(run: RunResult) -> float:
+    """Mean OOD accuracy over rounds 1 to T: the area under the curve, per round."""
+    return statistics.fmean(value for rnd, value in run.series(KEY) if rnd > 0)
+
+
+def plateau(run: RunResult, key: str = "train-val-accuracy") -> float:
+    """Mean of ``key`` over the last fifth of the rounds minus its mean over the fifth before."""
+    values = [value for rnd, value in run.series(key) if rnd > 0]
+    fifth = max(1, len(values) // 5)
+    if len(values) < 2 * fifth:
+        return math.nan
+    return statistics.fmean(values[-fifth:]) - statistics.fmean(values[-2 * fifth:-fifth])
+
+
+def _runs_by_group(grid: Grid, results: Path) -> dict[str, list[RunResult]]:
+    found = {r.folder: r for r in load_runs([results / grid.name])} if (results / grid.name).exists() else {}
+    groups: dict[str, list[RunResult]] = {}
+    for run in grid.runs:
+        if results / grid.name / run.name in found:
+            groups.setdefault(run.group, []).append(found[results / grid.name / run.name])
+    return groups
+
+
+def _mean_final(runs: list[RunResult]) -> float:
+    return statistics.fmean(final(r) for r in runs) if runs else math.nan
+
+
+def _row(task: str, method: str, group: str, runs: list[RunResult], compared_with: str,
+         against: list[RunResult] | None, oracle_group: str, oracle_runs: list[RunResult]) -> Row:
+    finals = {int(r.config["seed"]): final(r) for r in runs}
+    comparison = None
+    if against is not None and runs and against:
+        comparison = paired_comparison(finals, {int(r.config["seed"]): final(r) for r in against})
+    return Row(task, method, group.removeprefix("variant="), compared_with, finals,
+               statistics.fmean(map(area_under_curve, runs)) if runs else math.nan,
+               statistics.fmean(map(plateau, runs)) if runs else math.nan,
+               oracle_group.removeprefix("variant="), _mean_final(oracle_runs), comparison)
+
+
+def task_rows(task: str, grid: Grid, results: Path) -> list[Row]:
+    """The rows of one selected grid: each method, then each control (see the module docstring)."""
+    if grid.pending:
+        return []
+    groups = _runs_by_group(grid, results)
+    trained, oracle = grid.selected["training-domain"], grid.selected["oracle"]
+    base = grid.baseline_method
+    base_runs = groups.get(trained[base].variant, [])
+    rows = []
+    for method, candidate in trained.items():
+        against = None if method == base else base_runs
+        rows.append(_row(task, method, candidate.variant, groups.get(candidate.variant, []), base if against else "",
+                         against, oracle[method].variant, groups.get(oracle[method].variant, [])))
+        for group in sorted(g for g in groups if g.startswith(candidate.variant + "+")):
+            control = group.split("+", 1)[1]
+            oracle_group = f"{oracle[method].variant}+{control}"
+            rows.append(_row(task, f"{method}, {control} control", group, groups[group], method,
+                             groups.get(candidate.variant, []), oracle_group, groups.get(oracle_group, [])))
+    return rows
+
+
+def with_holm(rows: list[Row]) -> list[Row]:
+    """Every row's p-value Holm-corrected over the whole table (the headline family)."""
+    corrected = holm([row.comparison.p_value if row.comparison else math.nan for row in rows])
+    for row, p in zip(rows, corrected):
+        row.p_holm = p
+    return rows
+
+
+def headline_rows(results: Path, spec: Path = HEADLINE) -> tuple[list[Row], list[str], dict[str, Any]]:
+    """The rows of every task in ``headline.toml``, the tasks still waiting, and the spec itself."""
+    config = tomllib.loads(spec.read_text())
+    rows, waiting = [], []
+    for task in config["task"]:
+        grid = load_grid(task["grid"], results)
+        found = task_rows(task["name"], grid, results)
+        if grid.pending or not found:
+            waiting.append(f"{task['name']} (grid {task['grid']}): "
+                           + (grid.pending if grid.pending else "no completed run yet"))
+        rows += found
+    return with_holm(rows), waiting, config
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _verdict(row: Row) -> str:
+    if not row.comparison or math.isnan(row.p_holm):
+        return "-"
+    if row.p_holm < ALPHA:
+        return "better" if row.comparison.mean > 0 else "worse"
+    return "no difference shown"
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The headline table (accuracies in %)."""
+    head = ["task", "method", "selected (training-domain val.)", "n", "final OOD acc [95% CI]",
+            "oracle: selected, final OOD acc", "OOD AUC", "plateau", "difference [95% CI]", "p", "p (Holm)",
+            "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cell = row.cells()
+        c = row.comparison
+        difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}] "
+                                            f"vs {row.compared_with}")
+        lines.append(" | ".join([
+            f"| {row.task}", row.method, row.selected, str(cell["n"]),
+            f"{_pct(cell['final OOD acc'])} [{_pct(cell['ci-low'])}, {_pct(cell['ci-high'])}]",
+            f"({row.oracle_selected}, {_pct(row.oracle_mean)})", _pct(row.auc),
+            "-" if math.isnan(row.plateau) else f"{100 * row.plateau:+.2f}",
+            difference, "-" if c is None or math.isnan(c.p_value) else f"{c.p_value:.3g}",
+            "-" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}", _verdict(row)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    buffer = io.StringIO()
+    cells = [row.cells() for row in rows]
+    writer = csv.DictWriter(buffer, fieldnames=list(cells[0]) if cells else ["task"])
+    writer.writeheader()
+    writer.writerows(cells)
+    return buffer.getvalue()
+
+
+def selection_table(grid: Grid) -> str:
+    """Every candidate of a selected grid's tuning grid with both validation scores; the chosen in bold."""
+    if grid.pending:
+        return f"Selection {grid.pending}.\n"
+    lines = ["| method | configuration | seeds | training-domain val. acc | test-domain val. acc (oracle) |",
+             "|---|---|---|---|---|"]
+    for candidate in grid.candidates:
+        marks = [f"**{candidate.score(key):.4f}**" if grid.selected[name][candidate.method] == candidate
+                 else f"{candidate.score(key):.4f}" for name, key in CRITERIA.items()]
+        lines.append(f"| {candidate.method} | {candidate.variant.removeprefix('variant=')} | {len(candidate.runs)} | "
+                     + " | ".join(marks) + " |")
+    return "\n".join(lines) + "\n"

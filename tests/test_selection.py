@@ -1,0 +1,125 @@
+"""Model selection and the headline table on a small synthetic set of runs (no training)."""
+
+import json
+
+import pytest
+
+from fedgma.experiments.grid import load_grid
+from fedgma.experiments.headline import headline_rows, selection_table, task_rows, with_holm
+
+TUNE = """
+description = "tiny tuning grid"
+supernodes = 2
+[config]
+num-rounds = 10
+[vary]
+seed = [0, 1]
+[[variants]]
+name = "avg-a"
+method = "FedAvg"
+strategy = "fedavg"
+[[variants]]
+name = "avg-b"
+method = "FedAvg"
+strategy = "fedavgm"
+[[variants]]
+name = "gma-a"
+method = "GMA"
+strategy = "fedavg"
+gma = true
+tau = 0.2
+[[variants]]
+name = "gma-b"
+method = "GMA"
+strategy = "fedavg"
+gma = true
+tau = 0.8
+[[variants]]
+name = "fedgma-a"
+method = "FedGMA"
+strategy = "fedgma"
+"""
+
+FINAL = """
+description = "tiny selected grid"
+[selection]
+from = "{tune}"
+seeds = [10, 11, 12, 13, 14]
+baseline = "FedAvg"
+[[controls]]
+method = "FedGMA"
+name = "random-mask"
+fedgma-control = "random-mask"
+"""
+
+# (training-domain validation, test-domain validation) of each tuning configuration: the criteria disagree on GMA.
+SCORES = {"avg-a": (0.80, 0.20), "avg-b": (0.70, 0.30), "gma-a": (0.60, 0.50), "gma-b": (0.75, 0.10),
+          "fedgma-a": (0.5, 0.5)}
+
+
+def write_run(folder, config, ood, train_val=0.5, test_val=0.5, rounds=10):
+    folder.mkdir(parents=True)
+    rows = [{"round": r, "ood-accuracy": ood * r / rounds, "train-val-accuracy": train_val,
+             "test-val-accuracy": test_val} for r in range(rounds + 1)]
+    (folder / "metrics.json").write_text(json.dumps({"config": config, "rounds": rows, "status": "completed"}))
+
+
+@pytest.fixture
+def grids(tmp_path):
+    (tmp_path / "tune.toml").write_text(TUNE)
+    (tmp_path / "final.toml").write_text(FINAL.format(tune=tmp_path / "tune.toml"))
+    return tmp_path / "tune.toml", tmp_path / "final.toml", tmp_path / "results"
+
+
+def test_a_selected_grid_waits_for_its_tuning_grid(grids):
+    tune, final, results = grids
+    grid = load_grid(str(final), results)
+    assert grid.pending.startswith("waits for 10 of 10 runs of grid tune") and grid.runs == []
+
+
+def test_selection_picks_by_validation_never_by_test_and_reruns_with_fresh_seeds(grids):
+    tune, final, results = grids
+    for run in load_grid(str(tune), results).runs:
+        variant = run.group.removeprefix("variant=")
+        # the test accuracy would pick the other configuration: selection must not look at it
+        write_run(results / "tune" / run.name, run.config, ood=1 - SCORES[variant][0], train_val=SCORES[variant][0],
+                  test_val=SCORES[variant][1])
+    grid = load_grid(str(final), results)
+    chosen = {criterion: {m: c.variant for m, c in by.items()} for criterion, by in grid.selected.items()}
+    assert chosen["training-domain"] == {"FedAvg": "variant=avg-a", "GMA": "variant=gma-b",
+                                         "FedGMA": "variant=fedgma-a"}
+    assert chosen["oracle"] == {"FedAvg": "variant=avg-b", "GMA": "variant=gma-a", "FedGMA": "variant=fedgma-a"}
+    seeds = {run.config["seed"] for run in grid.runs}
+    assert seeds == {10, 11, 12, 13, 14}  # none of the selection seeds
+    groups = {run.group for run in grid.runs}
+    assert groups == {"variant=avg-a", "variant=avg-b", "variant=gma-a", "variant=gma-b", "variant=fedgma-a",
+                      "variant=fedgma-a+random-mask"}
+    control = next(run for run in grid.runs if run.group.endswith("+random-mask"))
+    assert control.config["fedgma-control"] == "random-mask" and control.config["strategy"] == "fedgma"
+    assert "**0.8000**" in selection_table(grid)
+
+
+def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
+    tune, final, results = grids
+    for run in load_grid(str(tune), results).runs:
+        write_run(results / "tune" / run.name, run.config, 0.5, *SCORES[run.group.removeprefix("variant=")])
+    grid = load_grid(str(final), results)
+    finals = {"variant=avg-a": [0.50, 0.52, 0.49, 0.51, 0.50], "variant=gma-b": [0.60, 0.63, 0.59, 0.62, 0.61],
+              "variant=fedgma-a": [0.50, 0.53, 0.48, 0.52, 0.50]}
+    for run in grid.runs:
+        values = finals.get(run.group, finals["variant=fedgma-a"])
+        write_run(results / "final" / run.name, run.config, values[run.config["seed"] - 10])
+    rows = with_holm(task_rows("tiny", grid, results))
+    by_method = {row.method: row for row in rows}
+    assert set(by_method) == {"FedAvg", "GMA", "FedGMA", "FedGMA, random-mask control"}
+    gma = by_method["GMA"]
+    assert gma.comparison.n == 5 and gma.comparison.mean == pytest.approx(0.106)
+    assert gma.p_holm < 0.05 and gma.p_holm >= gma.comparison.p_value
+    assert by_method["FedAvg"].comparison is None
+    control = by_method["FedGMA, random-mask control"]
+    assert control.compared_with == "FedGMA" and control.comparison.mean == pytest.approx(0.0)
+    assert gma.oracle_selected == "gma-a" and gma.oracle_mean == pytest.approx(0.506)  # re-run too, not tested
+    spec = tmp_path / "headline.toml"
+    spec.write_text(f'[[task]]\nname = "tiny"\ngrid = "{final}"\n')
+    all_rows, waiting, _ = headline_rows(results, spec)
+    assert len(all_rows) == 4 and waiting == []
