@@ -46,6 +46,8 @@ description = "tiny selected grid"
 from = "{tune}"
 seeds = [10, 11, 12, 13, 14]
 baseline = "FedAvg"
+[config]
+environments = "0.1,0.7"
 [[controls]]
 method = "FedGMA"
 name = "random-mask"
@@ -89,6 +91,7 @@ def test_selection_picks_by_validation_never_by_test_and_reruns_with_fresh_seeds
     assert chosen["training-domain"] == {"FedAvg": "variant=avg-a", "GMA": "variant=gma-b",
                                          "FedGMA": "variant=fedgma-a"}
     assert chosen["oracle"] == {"FedAvg": "variant=avg-b", "GMA": "variant=gma-a", "FedGMA": "variant=fedgma-a"}
+    assert all(run.config["environments"] == "0.1,0.7" for run in grid.runs)  # [config] on top of the choice
     seeds = {run.config["seed"] for run in grid.runs}
     assert seeds == {10, 11, 12, 13, 14}  # none of the selection seeds
     groups = {run.group for run in grid.runs}

@@ -33,6 +33,9 @@ under each criterion, and optional matched controls of a selected method::
     seeds = [10, 11, 12, 13, 14]             # fresh: none of them was used to select
     baseline = "FedAvg"                      # the method every other is compared with
 
+    [config]                                 # optional: run-config keys set on top of each chosen
+    environments = "0.05,0.1,0.15,0.2,0.7"   # configuration (its knobs stay as selected)
+
     [[controls]]                             # optional: the selected FedGMA again, its mask replaced
     method = "FedGMA"
     name = "uniform-step"
@@ -62,7 +65,7 @@ GRIDS = Path(__file__).resolve().parent / "grids"
 RESULTS = REPO / "results"
 _GRID_KEYS = {"description", "config-file", "supernodes", "cpus-per-client", "config", "vary", "variants",
               "baseline"}
-_SELECTED_GRID_KEYS = {"description", "selection", "controls"}
+_SELECTED_GRID_KEYS = {"description", "selection", "config", "controls"}
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,8 @@ def _selected_grid(path: Path, spec: dict[str, Any], results: Path) -> Grid:
     for seed in selection["seeds"]:
         for variant in [group for group in templates if group in chosen]:  # the tuning grid's order
             template = templates[variant]
-            config = template.config | {"seed": seed}
+            config = template.config | spec.get("config", {}) | {"seed": seed}
+            Settings.from_run_config(config)
             runs.append(dataclasses.replace(template, name=f"{variant}__seed={seed}", config=config))
             for control in (c for c in controls if c["method"] == template.method):
                 keys = {k: v for k, v in control.items() if k not in ("method", "name")}
