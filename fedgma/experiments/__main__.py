@@ -23,6 +23,7 @@ from .headline import headline_rows, selection_table, task_rows, with_holm
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
 from .plots import plot_all
+from .statistics import ALPHA, holm
 from .results import LAST_ROUNDS, NO_BASELINE, baseline_label, group_runs, load_runs, summary_rows, to_csv, to_markdown
 from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
@@ -62,25 +63,59 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
-                  baseline: dict | None = None, pool: Path | None = None) -> int:
-    """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
-    (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
+def _summary(folders: list[Path], baseline: dict | None, pool: Path | None) -> tuple[list, list[dict]]:
+    """The groups of the completed runs under ``folders`` and their summary rows (see ``_write_tables``)."""
     if pool and baseline:  # one read of the pool, the grid's own runs taken from it
         pooled = load_runs([pool])
         runs = [r for r in pooled if any(r.folder.is_relative_to(f) for f in folders)]
     else:
         pooled, runs = [], load_runs(folders)
     if not runs:
+        return [], []
+    groups = group_runs(runs)
+    mine = {r.folder for r in runs}
+    return groups, summary_rows(groups, baseline, group_runs([r for r in pooled if r.folder not in mine]))
+
+
+def _pilots(args: argparse.Namespace) -> int:
+    """docs/results/pilot-tests.md: every paired comparison of the grids made before the selection protocol,
+    with its paired t-test, Holm-corrected over all of them (what the old n = 3 findings still support)."""
+    entries = []
+    for name in available_grids():
+        grid = load_grid(name, args.results)
+        if grid.baseline and not grid.selected and not grid.pending:
+            _, rows = _summary([args.results / grid.name], grid.baseline, args.results)
+            entries += [(name, row) for row in rows if row["delta-final-ood-seeds"] and " " in
+                        row["delta-final-ood-seeds"]]
+    adjusted = holm([row["delta-p"] for _, row in entries])
+    lines = ["**Every paired comparison of the pilot grids (n = 3 seeds, settings chosen on the test set: oracle), "
+             f"final OOD accuracy minus the grid's baseline; paired t-test, Holm-corrected over all {len(entries)}.**",
+             "", "| grid | configuration | n | difference | 95% CI | p | p (Holm) | supported at 0.05 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, row), p_holm in zip(entries, adjusted):
+        lines.append(f"| {name} | {row['configuration']} | {len(row['delta-final-ood-seeds'].split())} | "
+                     f"{row['delta-final-ood-mean']:+.4f} | [{row['delta-ci-low']:+.4f}, {row['delta-ci-high']:+.4f}] "
+                     f"| {row['delta-p']:.3g} | {p_holm:.3g} | {'yes' if p_holm < ALPHA else 'no'} |")
+    out = args.out or DOCS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pilot-tests.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
+                  baseline: dict | None = None, pool: Path | None = None) -> int:
+    """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
+    (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
+    groups, rows = _summary(folders, baseline, pool)
+    if not groups:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
               file=sys.stderr)
         return 1
-    groups = group_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    runs = [run for group in groups for run in group.runs]
     if tables:
-        mine = {r.folder for r in runs}
-        rows = summary_rows(groups, baseline, group_runs([r for r in pooled if r.folder not in mine]))
         for row in rows:
             if row["baseline"] == NO_BASELINE:
                 print(f"warning: no completed baseline run for '{row['configuration']}' (its configuration with "
@@ -192,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("grid", nargs="?", default="")
     report.add_argument("--out", type=Path, default=None)
     report.set_defaults(func=_report)
+    pilots = commands.add_parser("pilots", help="paired tests of every pilot-grid comparison, Holm-corrected, "
+                                                "into docs/results/pilot-tests.md")
+    pilots.add_argument("--out", type=Path, default=None)
+    pilots.set_defaults(func=_pilots)
     configure = commands.add_parser("config", help="a config file + KEY=VALUE overrides as one --run-config string")
     configure.add_argument("file", type=Path, help="a .toml run config (e.g. configs/seed-repo.toml)")
     configure.add_argument("overrides", nargs="*", help="KEY=VALUE pairs that replace the file's values")

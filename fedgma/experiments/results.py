@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import DEFAULT_RUN_CONFIG
+from .statistics import paired_comparison
 
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
 NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume")
@@ -165,6 +166,8 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
     row["baseline"] = (base_label or base.label) if base else ""
     row["delta-final-ood-mean"], row["delta-final-ood-std"] = mean_std(list(differences.values()))
     row["delta-final-ood-seeds"] = " ".join(f"{seed}:{d:+.4f}" for seed, d in sorted(differences.items()))
+    test = paired_comparison(differences, dict.fromkeys(differences, 0.0))  # paired: the differences against 0
+    row["delta-ci-low"], row["delta-ci-high"], row["delta-p"] = test.low, test.high, test.p_value
     return row
 
 
@@ -233,4 +236,7 @@ def _paired(row: dict[str, Any]) -> str:
     if not row["delta-final-ood-seeds"]:
         return "-"
     spread = f" ± {row['delta-final-ood-std']:.4f}" if " " in row["delta-final-ood-seeds"] else ""
-    return f"{row['delta-final-ood-mean']:+.4f}{spread} ({row['delta-final-ood-seeds']}) vs {row['baseline']}"
+    test = "" if math.isnan(row["delta-p"]) else (f", 95% CI [{row['delta-ci-low']:+.4f}, {row['delta-ci-high']:+.4f}],"
+                                                  f" p {row['delta-p']:.2g}")
+    return (f"{row['delta-final-ood-mean']:+.4f}{spread} ({row['delta-final-ood-seeds']}){test} "
+            f"vs {row['baseline']}")
