@@ -23,7 +23,7 @@ from .model import build_model
 from .numpy_client import ColoredMnistClient
 from .outputs import RunRecorder, resolve_output_dir
 from .server_app import CentralEvaluation
-from .settings import ConfigError, Settings
+from .settings import LEGACY_STRATEGIES, ConfigError, Settings
 from .strategies.replies import PARTITION_ID
 from .training import prepare_model, resolve_device
 
@@ -49,6 +49,9 @@ def legacy_client_fn(context: Context):
 
 def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluate_fn) -> LegacyGuard:
     """The legacy strategy named by ``settings.strategy`` (+ GMA if ``settings.gma``), screened."""
+    if settings.strategy not in LEGACY_STRATEGIES:
+        raise ConfigError(f"Run-config key 'strategy' = {settings.strategy!r} is offered by the Message-API app only; "
+                          f"the legacy server app has {', '.join(LEGACY_STRATEGIES)}.")
     common = dict(fraction_fit=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
                   min_fit_clients=1, min_evaluate_clients=1, min_available_clients=settings.min_available_nodes,
                   evaluate_fn=evaluate_fn, initial_parameters=ndarrays_to_parameters(initial),

@@ -16,7 +16,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+              "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
+#: The strategies of Flower's legacy API this app also offers (fedgma.legacy_app).
+LEGACY_STRATEGIES = STRATEGIES[:7]
 
 
 class ConfigError(ValueError):
@@ -103,9 +106,11 @@ class Settings:
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
                                        "(Flower's min_available_nodes).", low=1)
     # --- strategy -----------------------------------------------------------------
-    strategy: str = _opt("fedgma", "Server strategy.", choices=STRATEGIES)
-    gma: bool = _opt(False, "Apply the journal version's GMA mask on top of the strategy "
-                            "(not with 'fedgma', which masks already).")
+    strategy: str = _opt("fedgma", "Server strategy: 'fedgma' (the workshop version) or one of Flower's "
+                                   "Message-API strategies (the robust aggregators fedmedian, fedtrimmedavg, krum, "
+                                   "multikrum and bulyan, and qfedavg, included).", choices=STRATEGIES)
+    gma: bool = _opt(False, "Apply the journal version's GMA mask on top of the strategy, any but 'fedgma' "
+                            "(which masks already).")
     p: float = _opt(0.7, "FedGMA (workshop) hard-mask threshold on the sign agreement.", low=0.0, high=1.0)
     server_lr: float = _opt(1e-4, "FedGMA server step size eta_s along the masked mean gradient.", low=0.0)
     fedgma_direction: str = _opt("gradient", "What FedGMA masks: the clients' last local 'gradient' (paper) "
@@ -122,6 +127,14 @@ class Settings:
                                                "by 'examples' (declearn's option).",
                                     choices=("uniform", "examples"))
     proximal_mu: float = _opt(0.01, "FedProx proximal term mu.", low=0.0)
+    trimmed_beta: float = _opt(0.2, "FedTrimmedAvg: the fraction cut from each end of every coordinate's sorted "
+                                    "values (below 0.5: something must remain).", low=0.0, high=0.45)
+    num_malicious_nodes: int = _opt(0, "Krum, MultiKrum and Bulyan: the number of hostile clients to tolerate "
+                                       "(Bulyan needs at least 4 x this + 3 replies).", low=0, high=10000)
+    multikrum_select: int = _opt(1, "MultiKrum: how many of the best-scored replies are averaged.", low=1,
+                                 high=10000)
+    qfedavg_q: float = _opt(0.1, "QFedAvg: the fairness exponent q (0 weighs clients as FedAvg's update does).",
+                            low=0.0)
     server_momentum: float = _opt(0.9, "FedAvgM server momentum.", low=0.0, high=1.0)
     server_momentum_lr: float = _opt(1.0, "FedAvgM server learning rate.", low=0.0, low_open=True)
     fedopt_eta: float = _opt(0.01, "FedAdam/FedYogi/FedAdagrad server learning rate eta.", low=0.0,

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 from fedgma.compat import LegacyFedGMA, LegacyGMA
 from fedgma.local_flower import LocalFlower
 from fedgma.records import decode
+from fedgma.settings import ConfigError, Settings
 from fedgma.strategies import GMA, FedGMA
 
 
@@ -121,3 +122,11 @@ def test_legacy_app_runs_and_writes_the_same_outputs(mnist_dir, tmp_path):
     for row in report["rounds"][1:]:
         assert 0 <= row["ood-accuracy"] <= 1 and row["replies-accepted"] == 3 and "mask-density" in row
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG" and (out / "model.pt").stat().st_size > 2_000_000
+
+
+@pytest.mark.parametrize("keys", [{"strategy": "krum"}, {"strategy": "fedgma", "fedgma-control": "random-mask"}])
+def test_legacy_app_refuses_what_only_the_message_api_app_offers(keys):
+    from fedgma.legacy_app import build_legacy_strategy
+
+    with pytest.raises(ConfigError, match="'(strategy|fedgma-control)'"):
+        build_legacy_strategy(Settings.from_run_config(keys), [np.zeros(2, np.float32)], None)

@@ -4,11 +4,17 @@
 top. Every strategy comes back wrapped in a :class:`ReplyGuard` (GMA and FedGMA
 are ReplyGuards themselves), so failed or malformed client replies are always
 counted and left out, whatever the algorithm.
+
+GMA is defined over every strategy: it rewrites each reply to w_t + m * (w_k - w_t)
+before the wrapped strategy aggregates, so a robust aggregator (median, trimmed
+mean, Krum, Bulyan) sees masked updates. FedGMA is its own strategy ('fedgma'):
+its step is defined over FedAvg's weighted mean w_bar, which is what it uses.
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg,
+                                     FedYogi, Krum, MultiKrum, QFedAvg, Strategy)
 
 from ..settings import Settings
 from .fedgma import FedGMA
@@ -32,6 +38,15 @@ def build_strategy(settings: Settings) -> ReplyGuard:
         "fedadam": lambda: FedAdam(**common, **fedopt, **adam_betas),
         "fedyogi": lambda: FedYogi(**common, **fedopt, **adam_betas),
         "fedadagrad": lambda: FedAdagrad(**common, **fedopt),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=settings.trimmed_beta),
+        "krum": lambda: Krum(**common, num_malicious_nodes=settings.num_malicious_nodes),
+        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=settings.num_malicious_nodes,
+                                       num_nodes_to_select=settings.multikrum_select),
+        "bulyan": lambda: Bulyan(**common, num_malicious_nodes=settings.num_malicious_nodes),
+        # QFedAvg reads each client's training loss, which this app's clients report as 'train-loss'.
+        "qfedavg": lambda: QFedAvg(client_learning_rate=settings.lr, q=settings.qfedavg_q,
+                                   train_loss_key="train-loss", **common),
     }
     inner: Strategy = builders[settings.strategy]()
     weighted = settings.agreement_weighting == "examples"
