@@ -67,6 +67,9 @@ def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluat
         "fedadagrad": lambda: FedAdagrad(**common, **fedopt),
     }[settings.strategy]()
     weighted = settings.agreement_weighting == "examples"
+    if settings.max_examples or settings.max_update_norm:
+        raise ConfigError("Run-config keys 'max-examples' and 'max-update-norm' are applied by the Message-API app "
+                          "only; the legacy server app does not bound replies.")
     if settings.fedgma_control != "none":
         raise ConfigError("Run-config key 'fedgma-control' is not implemented by the legacy server app; run the "
                           "controls with the Message-API app (fedgma.server_app).")

@@ -105,6 +105,11 @@ class Settings:
                                               "the previous model is kept.", low=0.0, high=1.0)
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
                                        "(Flower's min_available_nodes).", low=1)
+    max_examples: float = _opt(0.0, "Count at most this many examples for one reply: a larger 'num-examples' is "
+                                    "clipped to it, counted (replies-clipped) and named (0 = no cap).", low=0.0)
+    max_update_norm: float = _opt(0.0, "Scale a reply whose update ||w_k - w_t|| (L2 over all layers; FedGMA's "
+                                       "gradient from 0) exceeds this down to it, counted and named (0 = no bound).",
+                                  low=0.0)
     # --- strategy -----------------------------------------------------------------
     strategy: str = _opt("fedgma", "Server strategy: 'fedgma' (the workshop version) or one of Flower's "
                                    "Message-API strategies (the robust aggregators fedmedian, fedtrimmedavg, krum, "

@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ..records import cast_like, decode
+from .bounds import ReplyBounds
 from .replies import CLIENT, PARTITION_ID, WEIGHTS, AcceptedReply, ScreenedReplies, reported_partition, screen_replies
 
 
@@ -108,13 +109,18 @@ class ReplyGuard(Strategy):
         A round counts only if at least this fraction of the clients asked to
         train sent an accepted reply (and always at least one); otherwise the
         previous global model is kept.
+    bounds : ReplyBounds (default: none)
+        Caps on one reply's ``num-examples`` and update norm, applied to the
+        accepted replies before anything aggregates them (:mod:`.bounds`).
     """
 
     #: The ArrayRecords every train reply must hold.
     expected_records: tuple[str, ...] = (WEIGHTS,)
 
-    def __init__(self, strategy: Strategy, seed: int = 0, min_accepted_fraction: float = 0.0) -> None:
+    def __init__(self, strategy: Strategy, seed: int = 0, min_accepted_fraction: float = 0.0,
+                 bounds: ReplyBounds | None = None) -> None:
         self.strategy = strategy
+        self.bounds = bounds or ReplyBounds()
         self.seed = seed
         self.min_accepted_fraction = check_fraction("min_accepted_fraction", min_accepted_fraction)
         self.round_offset = 0  # rounds done before this Strategy.start (a resumed run)
@@ -157,6 +163,7 @@ class ReplyGuard(Strategy):
         missing = self.sent - len(screened.accepted) - screened.failed - screened.rejected
         for _ in range(max(0, missing)):
             screened.fail("a client did not reply before the round timeout")
+        clipped = self.bounds.apply(screened.accepted, self.current_arrays, self._client_label)
         arrays, metrics, outcome = None, None, "aggregated"
         needed = max(1, int(np.ceil(self.min_accepted_fraction * self.sent - 1e-9)))
         if len(screened.accepted) < needed:
@@ -177,9 +184,10 @@ class ReplyGuard(Strategy):
         if diagnosis:
             log(ERROR, "Round %d: %s", server_round, diagnosis)
             self.notes.setdefault(server_round, {})["diagnosis"] = diagnosis
-        metrics = MetricRecord(dict(metrics or {}) | screened.counts() | {"clients-connected": self.connected})
+        metrics = MetricRecord(dict(metrics or {}) | screened.counts() | {"clients-connected": self.connected,
+                                                                           "replies-clipped": len(clipped)})
         self.train_metrics[server_round] = metrics
-        self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons})
+        self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons + clipped})
         return arrays, metrics
 
     def aggregate_accepted(self, server_round: int,

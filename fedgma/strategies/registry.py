@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import (Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvg
                                      FedYogi, Krum, MultiKrum, QFedAvg, Strategy)
 
 from ..settings import Settings
+from .bounds import ReplyBounds
 from .fedgma import FedGMA
 from .gma import GMA
 from .guard import ReplyGuard
@@ -50,7 +51,8 @@ def build_strategy(settings: Settings) -> ReplyGuard:
     }
     inner: Strategy = builders[settings.strategy]()
     weighted = settings.agreement_weighting == "examples"
-    guard = dict(seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction)
+    guard = dict(seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction,
+                 bounds=ReplyBounds(settings.max_examples, settings.max_update_norm))
     if settings.strategy == "fedgma":
         return FedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
                       weighted_agreement=weighted, control=settings.fedgma_control, **guard)
