@@ -46,10 +46,11 @@ class NumPyClientAdapter:
     def __init__(self, client_fn: ClientFn) -> None:
         self.client_fn = client_fn
 
-    def app(self) -> ClientApp:
-        """A ``ClientApp`` with this adapter's train, evaluate and query handlers."""
+    def app(self, train_mods: list | None = None) -> ClientApp:
+        """A ``ClientApp`` with this adapter's train, evaluate and query handlers (``train_mods``: Flower mods
+        around the train handler only, e.g. local differential privacy)."""
         app = ClientApp()
-        app.train()(self.train)
+        app.train(mods=train_mods or [])(self.train)
         app.evaluate()(self.evaluate)
         app.query()(self.query)
         return app

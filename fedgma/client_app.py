@@ -21,7 +21,9 @@ import os
 from functools import lru_cache
 
 import torch
-from flwr.app import Context
+from flwr.app import Context, Message
+from flwr.clientapp.mod import LocalDpMod
+from flwr.clientapp.typing import ClientAppCallable
 
 from .adapter import NumPyClientAdapter
 from .data import client_data
@@ -88,5 +90,22 @@ def client_fn(context: Context) -> ColoredMnistClient:
     return ColoredMnistClient(settings, pid, model, client_data(settings, pid, count))
 
 
+def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``LocalDpMod`` on train replies when the run asks for ``dp='local'``.
+
+    The update is clipped to ``dp-clipping-norm`` C and Gaussian noise for (``dp-epsilon``, ``dp-delta``) is
+    added with sensitivity 2C: any two clipped updates of this client differ by at most 2C, so each reply is
+    (epsilon, delta)-DP with respect to the client's whole data set. The noise comes from NumPy's global
+    generator, unseeded on purpose: noise drawn from the run's seed could be recomputed and removed by the
+    server, so local-DP runs are not bit-reproducible.
+    """
+    settings = settings_of(context)
+    if settings.dp != "local":
+        return call_next(msg, context)
+    mod = LocalDpMod(settings.dp_clipping_norm, 2 * settings.dp_clipping_norm, settings.dp_epsilon,
+                     settings.dp_delta)
+    return mod(msg, context, call_next)
+
+
 adapter = NumPyClientAdapter(client_fn)
-app = adapter.app()
+app = adapter.app(train_mods=[local_dp])

@@ -110,6 +110,22 @@ class Settings:
     max_update_norm: float = _opt(0.0, "Scale a reply whose update ||w_k - w_t|| (L2 over all layers; FedGMA's "
                                        "gradient from 0) exceeds this down to it, counted and named (0 = no bound).",
                                   low=0.0)
+    # --- differential privacy --------------------------------------------------------
+    dp: str = _opt("none", "Differential privacy with Flower's own mechanisms: 'local' (Flower's LocalDpMod on "
+                           "each client: its update clipped to dp-clipping-norm, Gaussian noise for (dp-epsilon, "
+                           "dp-delta) per round; any server rule, masks included, is post-processing) or 'central' "
+                           "(Flower's DifferentialPrivacyServerSideFixedClipping: replies clipped on the server, "
+                           "noise dp-noise-multiplier x dp-clipping-norm / clients added to the aggregate; refused "
+                           "with a mask, see the README).", choices=("none", "local", "central"))
+    dp_clipping_norm: float = _opt(1.0, "DP: the L2 norm every client update is clipped to.", low=0.0,
+                                   low_open=True)
+    dp_epsilon: float = _opt(0.5, "Local DP: epsilon of each client's reply per round (at most 0.99: the Gaussian "
+                                  "mechanism's bound that LocalDpMod uses holds for epsilon below 1).", low=0.0,
+                             high=0.99, low_open=True)
+    dp_delta: float = _opt(1e-5, "Local DP: delta of each client's reply per round.", low=0.0, high=1.0,
+                           low_open=True)
+    dp_noise_multiplier: float = _opt(1.0, "Central DP: noise standard deviation in units of dp-clipping-norm / "
+                                           "clients per round.", low=0.0)
     # --- strategy -----------------------------------------------------------------
     strategy: str = _opt("fedgma", "Server strategy: 'fedgma' (the workshop version) or one of Flower's "
                                    "Message-API strategies (the robust aggregators fedmedian, fedtrimmedavg, krum, "
@@ -171,6 +187,7 @@ class Settings:
         if settings.fedgma_control != "none" and settings.strategy != "fedgma":
             raise ConfigError(f"Run-config key 'fedgma-control' = {settings.fedgma_control!r} needs "
                               "strategy='fedgma' (it replaces FedGMA's mask).")
+        _check_privacy(settings)
         if settings.gma and settings.strategy == "fedgma":
             raise ConfigError("Run-config key 'gma' must be false with strategy='fedgma' "
                               "(FedGMA masks already); use gma=true with fedavg, fedprox, fedavgm, "
@@ -185,6 +202,21 @@ class Settings:
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(key, default, meaning) for every key, in declaration order (used by docs tests)."""
         return [(f.name.replace("_", "-"), f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def _check_privacy(settings: Settings) -> None:
+    """Refuse the privacy combinations whose guarantee the code cannot give (README "Privacy and robustness")."""
+    masked = settings.gma or settings.strategy == "fedgma"
+    if settings.dp == "central" and masked:
+        raise ConfigError("Run-config key 'dp' = 'central' cannot be combined with a mask (gma=true or "
+                          "strategy='fedgma'): the mask is computed from the clients' un-noised updates, so one "
+                          "client can move coordinates across the threshold and the mask itself is not covered by "
+                          "the central-DP guarantee. Use dp='local' (masking the privatized replies is "
+                          "post-processing) or no mask.")
+    if settings.dp == "local" and settings.strategy == "fedgma" and settings.fedgma_direction == "gradient":
+        raise ConfigError("Run-config key 'dp' = 'local' needs fedgma-direction='pseudo-gradient' with "
+                          "strategy='fedgma': Flower's LocalDpMod privatizes the weights only, and the gradient "
+                          "FedGMA would ask for would leave the client in the clear.")
 
 
 def environment_flips(environments: str) -> tuple[float, ...]:

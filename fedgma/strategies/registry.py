@@ -13,8 +13,9 @@ its step is defined over FedAvg's weighted mean w_bar, which is what it uses.
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import (Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg,
-                                     FedYogi, Krum, MultiKrum, QFedAvg, Strategy)
+from flwr.serverapp.strategy import (Bulyan, DifferentialPrivacyServerSideFixedClipping, FedAdagrad, FedAdam,
+                                     FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum, MultiKrum,
+                                     QFedAvg, Strategy)
 
 from ..settings import Settings
 from .bounds import ReplyBounds
@@ -50,6 +51,10 @@ def build_strategy(settings: Settings) -> ReplyGuard:
                                    train_loss_key="train-loss", **common),
     }
     inner: Strategy = builders[settings.strategy]()
+    if settings.dp == "central":  # Settings refuses it with a mask
+        inner = DifferentialPrivacyServerSideFixedClipping(
+            inner, noise_multiplier=settings.dp_noise_multiplier, clipping_norm=settings.dp_clipping_norm,
+            num_sampled_clients=max(1, round(settings.fraction_train * settings.min_available_nodes)))
     weighted = settings.agreement_weighting == "examples"
     guard = dict(seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction,
                  bounds=ReplyBounds(settings.max_examples, settings.max_update_norm))
