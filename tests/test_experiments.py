@@ -19,7 +19,7 @@ from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.experiments.__main__ import main
 from fedgma.experiments.grid import available_grids, load_grid
-from fedgma.experiments.plots import line_style
+from fedgma.experiments.plots import COLOURS, line_style
 from fedgma.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.local_flower import LocalFlower
@@ -84,7 +84,7 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     (tmp_path / "runs" / "unfinished" / "metrics.json").write_text(json.dumps(
         {"status": "running", "config": {"seed": 5, "strategy": "fedavg"}, "rounds": []}))
     groups = group_runs(load_runs([tmp_path / "runs"]))
-    assert [(g.label, len(g.runs)) for g in groups] == [("strategy=fedavg", 2), ("strategy=fedgma", 1)]
+    assert [(g.label, len(g.runs)) for g in groups] == [("FedAvg", 2), ("FedGMA (p 0.7, eta_s 0.0001)", 1)]
     fedavg, fedgma = summary_rows(groups)
     assert fedavg["final-ood-mean"] == pytest.approx(0.70) and fedavg["final-ood-std"] == pytest.approx(0.0282843, 1e-5)
     assert fedavg["best-ood-mean"] == pytest.approx(0.70)
@@ -95,9 +95,9 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
     markdown = (tmp_path / "table" / "summary.md").read_text()
     assert fedavg["last-ood-mean"] == pytest.approx((0.605 + 0.6025) / 2)  # rounds 0 to 3: all of them here
-    assert "| strategy=fedavg | 2 | 0.7000 ± 0.0283 | 0.6038 ± 0.0018 | 0.7000 ± 0.0283 |" in markdown
+    assert "| FedAvg | 2 | 0.7000 ± 0.0283 | 0.6038 ± 0.0018 | 0.7000 ± 0.0283 |" in markdown
     assert "| 1.5 | 3.0 (1/2) |" in markdown and "| never | never | 0.250 | - | 0.500 |" in markdown
-    assert "| strategy=fedgma | 1 | 0.5900 | 0.4975 | 0.5900 | 0.8000 |" in markdown  # one seed: no ± 0
+    assert "| FedGMA (p 0.7, eta_s 0.0001) | 1 | 0.5900 | 0.4975 | 0.5900 | 0.8000 |" in markdown  # one seed: no ± 0
     assert (tmp_path / "table" / "summary.csv").read_text().startswith("configuration,n,")
     # paired with a baseline: seed 0 of fedgma against seed 0 of fedavg (0.59 - 0.72)
     fedavg, fedgma = summary_rows(groups, {"strategy": "fedavg"})
@@ -109,7 +109,7 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     # a baseline with no run is said, not silently left out
     assert main(["table", str(tmp_path / "runs"), "--out", str(tmp_path / "none"), "--baseline", "strategy=fedprox"]) == 0
     assert "no baseline run" in (tmp_path / "none" / "summary.md").read_text()
-    assert "warning: no completed baseline run for 'strategy=fedavg'" in capsys.readouterr().err
+    assert "warning: no completed baseline run for 'FedAvg'" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
     for name in ("accuracy.png", "mask.png", "mask_layers.png"):
         data = (tmp_path / "plots" / name).read_bytes()
@@ -118,8 +118,9 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
 
 
 def test_every_configuration_of_a_large_grid_gets_its_own_line_style():
-    styles = [tuple(line_style(i).values()) for i in range(40)]
-    assert len(set(styles)) == 40  # data-splits draws 18 lines; matplotlib's colours repeat after 10
+    styles = [tuple(line_style(i).values()) for i in range(28)]
+    assert len(set(styles)) == 28  # data-splits draws 18 lines; the colour-blind-safe palette has 7 colours
+    assert all(style["color"] in COLOURS for style in map(line_style, range(28)))
 
 
 def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsys):
@@ -288,3 +289,20 @@ def test_seed_repo_inputs_are_raw_pixels(mnist_dir):
     assert to_input(torch.from_numpy(clean.images), clean.pixel_divisor).max() <= 1.0
     with pytest.raises(ConfigError, match="'preprocessing' = 'seed-repo' needs task='binary'"):
         Settings.from_run_config({"preprocessing": "seed-repo", "task": "multiclass"})
+
+
+def test_labels_name_the_method_and_only_its_own_knobs():
+    from fedgma.experiments.labels import configuration_label, method_label
+    from fedgma.settings import DEFAULT_RUN_CONFIG
+
+    def label(**keys):
+        return method_label(DEFAULT_RUN_CONFIG | keys)
+
+    assert label(strategy="fedavg") == "FedAvg"  # not "p=0.7, server-lr=0.0001" of a mask FedAvg does not have
+    assert label(strategy="fedgma", p=0.22, **{"server-lr": 1.0, "fedgma-direction": "pseudo-gradient"}) == \
+        "FedGMA (p 0.22, eta_s 1, pseudo-gradient)"
+    assert label(strategy="fedavg", gma=True) == "GMA (soft, tau 0.4)"
+    assert label(strategy="fedadam", gma=True, mask="hard") == "GMA (hard, tau 0.4) over FedAdam (eta 0.01)"
+    assert label(strategy="fedavgm", **{"server-momentum": 0.0, "server-momentum-lr": 2.0}) == "FedAvg (server lr 2)"
+    assert configuration_label(DEFAULT_RUN_CONFIG | {"strategy": "fedavg", "partitioner": "iid"},
+                               ["strategy", "partitioner"]) == "FedAvg, partitioner iid"

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import ConfigError, Settings
+from .labels import short_value
 from .selection import CRITERIA, Candidate, candidates_of, select
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,16 +157,10 @@ def load_grid(name_or_path: str, results: Path = RESULTS) -> Grid:
 
 def _run_name(chosen: dict[str, Any], variant: str | None) -> str:
     parts = [f"variant={variant}"] if variant else []
-    parts += [f"{key}={_short(value)}" for key, value in chosen.items() if key != "seed"]
+    parts += [f"{key}={short_value(value)}" for key, value in chosen.items() if key != "seed"]
     if "seed" in chosen:
         parts.append(f"seed={chosen['seed']}")
     return "__".join(parts) or "base"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _selected_grid(path: Path, spec: dict[str, Any], results: Path) -> Grid:

@@ -25,14 +25,16 @@ def _pyplot():
     return plt
 
 
-#: Line styles that, with matplotlib's 10 default colours, tell up to 40 configurations apart.
+#: Okabe and Ito's colour-blind-safe palette (yellow left out: it vanishes on white).
+COLOURS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+#: Dashes that, with those colours, tell up to 28 configurations apart.
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def line_style(index: int) -> dict[str, str]:
-    """Colour and dash of the ``index``-th configuration: the 11th is not the 1st again (a grid like
+    """Colour and dash of the ``index``-th configuration: the 8th is not the 1st again (a grid like
     data-splits has 18), and a configuration keeps its look in every panel."""
-    return {"color": f"C{index % 10}", "linestyle": LINE_STYLES[index // 10 % len(LINE_STYLES)]}
+    return {"color": COLOURS[index % len(COLOURS)], "linestyle": LINE_STYLES[index // len(COLOURS) % len(LINE_STYLES)]}
 
 
 #: Metrics that span orders of magnitude across configurations (a server step of 1e-4 against 1).
@@ -49,9 +51,10 @@ def _band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return np.array(rounds), values.mean(0), values.min(0), values.max(0)
 
 
-def _wrap(title: str, fig) -> str:
-    """A title broken into lines that fit the figure's width (about 13 characters per inch at size 9)."""
-    return textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 13)))
+def one_line(title: str, fig) -> str:
+    """The title shortened to one line of the figure's width (about 13 characters per inch at size 9);
+    the whole description belongs in the table's caption (summary.md)."""
+    return textwrap.shorten(title, width=max(40, int(fig.get_figwidth() * 13)), placeholder=" ...")
 
 
 def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path: Path, title: str = "") -> bool:
@@ -82,7 +85,7 @@ def plot_metric_panels(groups: list[Group], panels: list[tuple[str, str]], path:
     entries = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     axes[0][-1].legend(entries.values(), entries.keys(), fontsize=7, loc="upper left",
                        bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle(_wrap(title, fig) + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
+    fig.suptitle(one_line(title, fig) + ("\n" if title else "") + "mean over seeds, shaded: min to max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -113,7 +116,7 @@ def plot_layer_density(groups: list[Group], path: Path, title: str = "") -> bool
     for ax in list(axes.flat)[len(masked):]:
         ax.axis("off")
     if title:
-        fig.suptitle(_wrap(title, fig), fontsize=9)
+        fig.suptitle(one_line(title, fig), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import DEFAULT_RUN_CONFIG
+from .labels import configuration_label, short_value
 from .statistics import paired_comparison
 
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
@@ -93,14 +94,7 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
     configs = [members[0].config for members in groups.values()]
     differing = [key for key in configs[0] if key not in NOT_CONFIGURATION
                  and len({json.dumps(c.get(key)) for c in configs}) > 1] if configs else []
-    return [Group(", ".join(f"{k}={_fmt_value(members[0].config.get(k))}" for k in differing) or "all runs",
-                  members) for members in groups.values()]
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return [Group(configuration_label(members[0].config, differing), members) for members in groups.values()]
 
 
 def rounds_to_reach(run: RunResult, threshold: float, key: str = "ood-accuracy") -> int | None:
@@ -173,7 +167,7 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
 
 def baseline_label(baseline: dict[str, Any]) -> str:
     """The baseline values as the table names them (``strategy=fedavg, p=0.7``)."""
-    return ", ".join(f"{key}={_fmt_value(value)}" for key, value in baseline.items())
+    return ", ".join(f"{key}={short_value(value)}" for key, value in baseline.items())
 
 
 def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,

@@ -1,0 +1,60 @@
+"""Short names for configurations, the same in every table and plot: "FedAvg", "FedGMA (p 0.22, eta_s 1,
+pseudo-gradient)", "GMA (soft, tau 0.4)", then whatever else differs ("partitioner iid")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The run-config keys that belong to the server method; a label shows those the method uses.
+METHOD_KEYS = frozenset({
+    "strategy", "gma", "p", "server-lr", "fedgma-direction", "fedgma-control", "mask", "tau", "agreement-weighting",
+    "proximal-mu", "server-momentum", "server-momentum-lr", "fedopt-eta", "fedopt-beta1", "fedopt-beta2",
+    "fedopt-tau", "trimmed-beta", "num-malicious-nodes", "multikrum-select", "qfedavg-q"})
+
+NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+         "fedadagrad": "FedAdagrad", "fedmedian": "FedMedian", "fedtrimmedavg": "FedTrimmedAvg", "krum": "Krum",
+         "multikrum": "MultiKrum", "bulyan": "Bulyan", "qfedavg": "q-FedAvg", "fedgma": "FedGMA"}
+
+
+def short_value(value: Any) -> str:
+    """A run-config value as labels and run names show it: true/false, 0.0001, 1e-05, text."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _base(config: dict[str, Any]) -> str:
+    """The wrapped (or only) strategy with the knobs it uses."""
+    name = config["strategy"]
+    if name == "fedavgm":
+        if config["server-momentum"] == 0:
+            return f"FedAvg (server lr {short_value(config['server-momentum-lr'])})"
+        return f"FedAvgM (momentum {short_value(config['server-momentum'])}, lr {short_value(config['server-momentum-lr'])})"
+    knobs = {"fedprox": [("mu", "proximal-mu")], "fedadam": [("eta", "fedopt-eta")], "fedyogi": [("eta", "fedopt-eta")],
+             "fedadagrad": [("eta", "fedopt-eta")], "fedtrimmedavg": [("beta", "trimmed-beta")],
+             "krum": [("f", "num-malicious-nodes")], "bulyan": [("f", "num-malicious-nodes")],
+             "multikrum": [("f", "num-malicious-nodes"), ("m", "multikrum-select")],
+             "qfedavg": [("q", "qfedavg-q")]}.get(name, [])
+    shown = ", ".join(f"{symbol} {short_value(config[key])}" for symbol, key in knobs)
+    return NAMES[name] + (f" ({shown})" if shown else "")
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """The server method of a (complete) run config in a few words."""
+    if config["strategy"] == "fedgma":
+        parts = [f"p {short_value(config['p'])}", f"eta_s {short_value(config['server-lr'])}"]
+        if config["fedgma-direction"] != "gradient":
+            parts.append(config["fedgma-direction"])
+        if config.get("fedgma-control", "none") != "none":
+            parts.append(f"{config['fedgma-control']} control")
+        return f"FedGMA ({', '.join(parts)})"
+    if config["gma"]:
+        base = "" if config["strategy"] == "fedavg" else f" over {_base(config)}"
+        return f"GMA ({config['mask']}, tau {short_value(config['tau'])}){base}"
+    return _base(config)
+
+
+def configuration_label(config: dict[str, Any], differing: list[str]) -> str:
+    """``method_label`` plus the other ``differing`` keys (not the method's) as "key value"."""
+    others = [f"{key} {short_value(config.get(key))}" for key in differing if key not in METHOD_KEYS]
+    return ", ".join([method_label(config)] + others)
