@@ -1,30 +1,48 @@
-"""Round checkpoints: everything a run needs to continue after an interruption.
+"""Round checkpoints: everything a run needs to continue after an interruption, in a format that cannot
+execute anything.
 
-After every round the ServerApp replaces ``checkpoint.pt`` in the run's output
-folder (written to a temporary file, then renamed, so a kill leaves either the
-old or the new checkpoint, never half of one). It holds the global arrays, the
-strategy's state between rounds (:meth:`ReplyGuard.state`: FedAdam/FedYogi/
-FedAdagrad moments, FedAvgM's momentum, the node-to-partition map), the round,
-the random generators' states, the metrics rows so far and the configuration.
-``resume=true`` loads it and continues with the next round.
+After every round the ServerApp replaces ``checkpoint.npz`` in the run's output
+folder (:func:`fedgma.safe_files.atomic_write`: a kill leaves the old or the new
+checkpoint, never half of one). It holds the global arrays, the strategy's state
+between rounds (:meth:`ReplyGuard.state`: FedAdam/FedYogi/FedAdagrad moments,
+FedAvgM's momentum, the node-to-partition map), the round, the random generators'
+states, the metrics rows so far and the configuration.
+
+The file is a NumPy ``.npz`` archive read with ``allow_pickle=False``: plain
+arrays, and one JSON manifest (stored as bytes) that describes the state's
+structure, with arrays referred to by name. Nothing in it is unpickled, so a
+crafted file cannot run code (PyTorch's pickle-based ``torch.save`` files can,
+which is why the old ``checkpoint.pt`` is refused, never loaded). The manifest
+records the SHA-256 of every array and its own, checked on load; the zip's CRC
+catches damage to the rest. A file that fails any check, or whose arrays do not
+fit the model, stops the run before round 1 with an error naming the file.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
+import json
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
-from .outputs import CHECKPOINT
+from .records import decode, encode
+from .safe_files import atomic_write
 from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings
 
+#: The latest round checkpoint in a run's output folder, and the pickle-based file of releases before it.
+CHECKPOINT = "checkpoint.npz"
+OLD_CHECKPOINT = "checkpoint.pt"
 #: Keys a resumed run may change: where it reads and writes, whether it resumes, how many rounds it has.
-MAY_CHANGE_ON_RESUME = ("num-rounds", "resume", "output-dir", "data-dir")
+MAY_CHANGE_ON_RESUME = ("num-rounds", "resume", "output-dir", "data-dir", "overwrite")
+_MANIFEST, _MANIFEST_HASH = "manifest", "manifest-sha256"
 
 
 @dataclass
@@ -49,25 +67,129 @@ def set_random_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
+class _Encoder:
+    """A state tree as JSON-able data, every array moved out into ``arrays`` and referred to by name."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __call__(self, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return {"array": self._store(value)}
+        if isinstance(value, torch.Tensor):
+            return {"tensor": self._store(value.numpy())}
+        if isinstance(value, ArrayRecord):
+            return {"arrayrecord": self(decode(value))}
+        if isinstance(value, tuple):
+            return {"tuple": [self(item) for item in value]}
+        if isinstance(value, list):
+            return {"list": [self(item) for item in value]}
+        if isinstance(value, dict):
+            return {"dict": [[self(key), self(item)] for key, item in value.items()]}
+        raise TypeError(f"a checkpoint cannot hold a {type(value).__name__} ({value!r:.80})")
+
+    def _store(self, array: np.ndarray) -> str:
+        if array.dtype == object:
+            raise TypeError("a checkpoint cannot hold an array of Python objects")
+        name = f"a{len(self.arrays)}"
+        self.arrays[name] = np.ascontiguousarray(array)
+        return name
+
+
+def _decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """The inverse of :class:`_Encoder`."""
+    if not isinstance(value, dict):
+        return value
+    (kind, body), = value.items()
+    if kind == "array":
+        return arrays[body]
+    if kind == "tensor":
+        return torch.from_numpy(arrays[body].copy())
+    if kind == "arrayrecord":
+        return encode(_decode(body, arrays))
+    if kind == "tuple":
+        return tuple(_decode(item, arrays) for item in body)
+    if kind == "list":
+        return [_decode(item, arrays) for item in body]
+    if kind == "dict":
+        return {_decode(key, arrays): _decode(item, arrays) for key, item in body}
+    raise ValueError(f"unknown entry {kind!r}")
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> int:
-    """Write ``checkpoint.pt`` atomically; returns its size in bytes."""
-    path = folder / CHECKPOINT
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(vars(checkpoint), tmp, pickle_protocol=4)  # protocol 4 stores NumPy arrays as raw bytes
-    os.replace(tmp, path)
-    return path.stat().st_size
+    """Write ``checkpoint.npz`` atomically; returns its size in bytes."""
+    encoder = _Encoder()
+    tree = encoder(vars(checkpoint))
+    manifest = json.dumps({"format": 1, "state": tree, "arrays": {
+        name: {"dtype": array.dtype.str, "shape": list(array.shape), "sha256": _digest(array)}
+        for name, array in encoder.arrays.items()}}).encode()
+    buffer = io.BytesIO()
+    np.savez(buffer, **encoder.arrays, **{_MANIFEST: np.frombuffer(manifest, dtype=np.uint8),
+                                         _MANIFEST_HASH: np.frombuffer(hashlib.sha256(manifest).hexdigest().encode(),
+                                                                       dtype=np.uint8)})
+    return atomic_write(folder / CHECKPOINT, buffer.getvalue())
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
-    """The checkpoint in ``folder``; ConfigError if there is none or it cannot be read."""
+    """The checkpoint in ``folder``, verified; ConfigError naming the file if there is none or it fails a check."""
     path = folder / CHECKPOINT
     if not path.is_file():
+        if (folder / OLD_CHECKPOINT).is_file():
+            raise ConfigError(f"Run-config key 'resume': {folder / OLD_CHECKPOINT} is a checkpoint of an older "
+                              "release, a pickle file that this release never loads (loading it could run code). "
+                              "Start the run again: a new 'output-dir', or overwrite=true for this one.")
         raise ConfigError(f"Run-config key 'resume' is true but {path} does not exist: 'output-dir' must name the "
                           "folder of a run that checkpointed at least one round.")
     try:
-        return Checkpoint(**torch.load(path, weights_only=False))
-    except Exception as problem:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise ConfigError(f"Run-config key 'resume': cannot read the checkpoint {path}: {problem}") from problem
+        return Checkpoint(**_read_verified(path))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as problem:
+        raise ConfigError(f"Run-config key 'resume': the checkpoint {path} is damaged or not one of this app's "
+                          f"({type(problem).__name__}: {str(problem)[:300]}); start the run again in a new "
+                          "'output-dir'.") from problem
+
+
+def _read_verified(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as archive:
+        files = {name: archive[name] for name in archive.files}
+    manifest = files.pop(_MANIFEST).tobytes()
+    if hashlib.sha256(manifest).hexdigest().encode() != files.pop(_MANIFEST_HASH).tobytes():
+        raise ValueError("the manifest does not match its SHA-256")
+    described = json.loads(manifest)
+    if described.get("format") != 1 or set(described["arrays"]) != set(files):
+        raise ValueError("its arrays are not the ones its manifest lists")
+    for name, spec in described["arrays"].items():
+        array = files[name]
+        if array.dtype.str != spec["dtype"] or list(array.shape) != spec["shape"] or _digest(array) != spec["sha256"]:
+            raise ValueError(f"array {name} does not match its dtype, shape or SHA-256 in the manifest")
+    state = _decode(described["state"], files)
+    if not isinstance(state, dict) or set(state) != set(Checkpoint.__dataclass_fields__):
+        raise ValueError("its content is not a checkpoint")
+    return state
+
+
+def check_model_arrays(checkpoint: Checkpoint, model: dict[str, torch.Tensor], path: Path) -> None:
+    """ConfigError naming ``path`` unless the checkpoint's arrays have the model's names, shapes and dtypes and
+    are finite."""
+    arrays = checkpoint.arrays
+    if not isinstance(arrays, dict) or list(arrays) != list(model):
+        raise ConfigError(f"The checkpoint {path} holds the layers {list(arrays)[:8]}, not this model's "
+                          f"{list(model)[:8]}; start the run again in a new 'output-dir'.")
+    for name, tensor in model.items():
+        array = arrays[name]
+        expected = tensor.numpy()
+        if not isinstance(array, np.ndarray) or array.shape != expected.shape or array.dtype != expected.dtype:
+            raise ConfigError(f"The checkpoint {path} has layer '{name}' as {getattr(array, 'dtype', type(array))} "
+                              f"{getattr(array, 'shape', '')}, the model has {expected.dtype} {expected.shape}.")
+        if not np.isfinite(array).all():
+            raise ConfigError(f"The checkpoint {path} has non-finite values in layer '{name}'.")
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

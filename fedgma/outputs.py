@@ -8,8 +8,8 @@ metrics.json says whether the run completed.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import platform
 import sys
 import time
@@ -21,11 +21,8 @@ from typing import Any
 import torch
 
 from .machine import machine
-from .settings import Settings
-
-#: The latest round checkpoint in a run's output folder (see fedgma.checkpoint).
-CHECKPOINT = "checkpoint.pt"
-
+from .safe_files import atomic_write
+from .settings import ConfigError, Settings
 
 def resolve_output_dir(settings: Settings) -> Path:
     """``output-dir`` as an absolute path; '' becomes ./outputs/<time>-<strategy>."""
@@ -56,7 +53,7 @@ class RunRecorder:
     def __init__(self, folder: Path, settings: Settings, rows: list[dict[str, Any]] | None = None,
                  report: dict[str, Any] | None = None) -> None:
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(folder, fresh=report is None, overwrite=settings.overwrite)
         self.rows: list[dict[str, Any]] = list(rows or [])
         here = machine()
         self.report: dict[str, Any] = {
@@ -82,8 +79,11 @@ class RunRecorder:
         self._write_csv()
 
     def finish(self, state_dict: dict[str, torch.Tensor], status: str = "completed") -> None:
-        """Save the final model and plot, and mark the run ``status``."""
-        torch.save(state_dict, self.folder / "model.pt")
+        """Save the final model and plot, and mark the run ``status``. ``model.pt`` is a plain state dict
+        of tensors, which ``torch.load`` reads with its safe default (``weights_only=True``)."""
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        atomic_write(self.folder / "model.pt", buffer.getvalue())
         plot_accuracy(self.rows, self.folder / "accuracy.png")
         self.set_status(status)
 
@@ -95,22 +95,28 @@ class RunRecorder:
 
     def _write_json(self) -> None:
         self.report["wall-seconds"] = round(self.report["wall-seconds"] + self._clock.lap(), 3)
-        _atomic_write(self.folder / "metrics.json", json.dumps(self.report, indent=2))
+        atomic_write(self.folder / "metrics.json", json.dumps(self.report, indent=2))
 
     def _write_csv(self) -> None:
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        tmp = self.folder / "metrics.csv.tmp"
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.folder / "metrics.csv")
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.folder / "metrics.csv", buffer.getvalue())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def prepare_output_dir(folder: Path, fresh: bool, overwrite: bool) -> None:
+    """Create ``folder``; a fresh run never replaces another run's records unless told to.
+
+    ConfigError naming the folder when it is a file, or when a fresh run finds a ``metrics.json`` there
+    and ``overwrite`` is false: that run's rows would be lost."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"Run-config key 'output-dir': {folder} is a file, not a folder.")
+    if fresh and not overwrite and (folder / "metrics.json").exists():
+        raise ConfigError(f"Run-config key 'output-dir': {folder} already holds a run (its metrics.json). Continue "
+                          "it with resume=true, write this run to a new output-dir, or replace it with overwrite=true.")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:

@@ -22,7 +22,8 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .checkpoint import Checkpoint, check_resumable, load_checkpoint, random_states, save_checkpoint, set_random_states
+from .checkpoint import (CHECKPOINT, Checkpoint, check_model_arrays, check_resumable, load_checkpoint, random_states,
+                         save_checkpoint, set_random_states)
 from .data import test_sets
 from .model import build_model
 from .outputs import RoundTimer, RunRecorder, resolve_output_dir
@@ -91,8 +92,14 @@ def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
     folder = resolve_output_dir(settings)
     checkpoint = load_checkpoint(folder)
     check_resumable(checkpoint, settings)
-    strategy.restore(checkpoint.strategy_state, round_offset=checkpoint.round)
-    set_random_states(checkpoint.random_states)
+    check_model_arrays(checkpoint, model.state_dict(), folder / CHECKPOINT)
+    try:
+        strategy.restore(checkpoint.strategy_state, round_offset=checkpoint.round)
+        set_random_states(checkpoint.random_states)
+    except (ValueError, TypeError, KeyError, RuntimeError) as problem:
+        raise ConfigError(f"Run-config key 'resume': the checkpoint {folder / CHECKPOINT} does not fit this run's "
+                          f"strategy or random generators ({problem}); start the run again in a new "
+                          "'output-dir'.") from problem
     model.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in checkpoint.arrays.items()})
     log(INFO, "Resumed from the checkpoint of round %d in %s; rounds %d to %d remain.", checkpoint.round, folder,
         checkpoint.round + 1, settings.num_rounds)

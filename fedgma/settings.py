@@ -43,6 +43,8 @@ class Settings:
     num_rounds: int = _opt(15, "Federated rounds.", low=1)
     output_dir: str = _opt("", "Folder for metrics.json, metrics.csv, model.pt, accuracy.png; "
                                "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
+    overwrite: bool = _opt(False, "Let a fresh run replace the records of an earlier run in 'output-dir' (without "
+                                  "it, a fresh run into a folder that holds a metrics.json stops before round 1).")
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
                                "not redone; a larger num-rounds extends a completed run).")
     # --- data ---------------------------------------------------------------

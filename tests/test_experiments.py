@@ -23,7 +23,7 @@ from fedgma.experiments.plots import COLOURS, line_style
 from fedgma.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.local_flower import LocalFlower
-from fedgma.outputs import CHECKPOINT
+from fedgma.checkpoint import CHECKPOINT
 from fedgma.settings import ConfigError, Settings
 from fedgma.training import to_input
 

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO
 
 from fedgma.local_flower import LocalFlower
-from fedgma.outputs import CHECKPOINT
+from fedgma.checkpoint import CHECKPOINT, load_checkpoint
 
 pytestmark = pytest.mark.simulation
 
@@ -41,7 +41,7 @@ def flower(tmp_path_factory):
 
 def checkpoint_round(folder) -> int:
     try:
-        return int(torch.load(folder / CHECKPOINT, weights_only=False)["round"])
+        return load_checkpoint(folder).round
     except (OSError, RuntimeError, EOFError, KeyError):
         return -1
 

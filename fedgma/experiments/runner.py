@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..local_flower import LocalFlower
-from ..outputs import CHECKPOINT
+from ..checkpoint import CHECKPOINT
 from ..settings import Settings
 from .grid import REPO, Grid, Run
 from .results import RunResult, configuration_of, load_runs

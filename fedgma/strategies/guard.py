@@ -171,13 +171,19 @@ class ReplyGuard(Strategy):
                        f"{needed} needed" + (f" (min-accepted-fraction {self.min_accepted_fraction})"
                                              if self.min_accepted_fraction else ""))
         else:
+            before = copy.deepcopy(strategy_state(self.strategy))
             arrays, metrics = self.aggregate_accepted(server_round, screened.accepted)
             if arrays is None:
                 outcome = "kept the previous model: the wrapped strategy returned no model"
             elif not all(np.isfinite(a).all() for a in decode(arrays).values()):
                 arrays, outcome = None, "kept the previous model: the aggregate is not finite"
+            elif not all_finite(strategy_state(self.strategy)):
+                arrays, outcome = None, ("kept the previous model and server-optimiser state: the optimiser's "
+                                         "state became non-finite")
             else:
                 arrays = cast_like(arrays, self.current_arrays)
+            if arrays is None:
+                restore_strategy_state(self.strategy, before)
         if arrays is None:
             log(WARNING, "Round %d: %s (%s).", server_round, outcome, screened.counts())
         diagnosis = diagnose_api_mismatch(screened)
@@ -255,14 +261,57 @@ class ReplyGuard(Strategy):
     # --- checkpoints ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """What must survive an interruption: the wrapped strategy's attributes (its moments,
-        momentum, current arrays, ...; callables are configuration, not state) and the
-        node-to-partition map."""
-        inner = {key: value for key, value in vars(self.strategy).items() if not callable(value)}
-        return copy.deepcopy({"strategy": inner, "partitions": self.partitions})
+        momentum, current arrays, ...; see :func:`strategy_state`) and the node-to-partition map."""
+        return copy.deepcopy({"strategy": strategy_state(self.strategy), "partitions": self.partitions})
 
     def restore(self, state: dict[str, Any], round_offset: int) -> None:
-        """Continue after ``round_offset`` finished rounds with a :meth:`state` taken then."""
-        for key, value in state["strategy"].items():
-            setattr(self.strategy, key, value)
+        """Continue after ``round_offset`` finished rounds with a :meth:`state` taken then. A state that does
+        not fit this strategy (read from a file) raises ValueError naming the attribute."""
+        if not isinstance(state, dict) or set(state) != {"strategy", "partitions"}:
+            raise ValueError("the strategy state is not one this app wrote")
+        restore_strategy_state(self.strategy, state["strategy"])
+        if not all(isinstance(k, int) and isinstance(v, int) for k, v in state["partitions"].items()):
+            raise ValueError("the node-to-partition map holds something other than integers")
         self.partitions.update(state["partitions"])
         self.round_offset = round_offset
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """A Flower strategy's attributes that change between rounds (callables are configuration, not state),
+    with those of a strategy it wraps (Flower's differential-privacy wrappers) nested under its attribute."""
+    return {key: strategy_state(value) if isinstance(value, Strategy) else value
+            for key, value in vars(strategy).items() if not callable(value)}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
+    """The inverse of :func:`strategy_state`: only attributes the strategy has, each of the type it has (or
+    had none yet), so a state read from a file cannot turn a learning rate into a string."""
+    for key, value in state.items():
+        current = getattr(strategy, key, _MISSING)
+        if current is _MISSING:
+            raise ValueError(f"{type(strategy).__name__} has no attribute '{key}'")
+        if isinstance(current, Strategy):
+            restore_strategy_state(current, value)
+        elif current is None or value is None or isinstance(value, type(current)):
+            setattr(strategy, key, value)
+        else:
+            raise ValueError(f"{type(strategy).__name__}.{key} is a {type(current).__name__}, the state holds a "
+                             f"{type(value).__name__}")
+
+
+_MISSING = object()
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every number in a strategy state (arrays, ArrayRecords, floats, nested containers) is finite."""
+    if isinstance(value, ArrayRecord):
+        value = decode(value)
+    if isinstance(value, dict):
+        return all(all_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(all_finite(item) for item in value)
+    if isinstance(value, np.ndarray):
+        return not np.issubdtype(value.dtype, np.inexact) or bool(np.isfinite(value).all())
+    if isinstance(value, float):
+        return np.isfinite(value)
+    return True

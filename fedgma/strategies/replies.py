@@ -31,6 +31,11 @@ GRADIENT = "gradient"  # the extra ArrayRecord FedGMA asks clients for
 CLIENT = "client"  # ConfigRecord in which our ClientApp names its partition (for a fixed aggregation order)
 PARTITION_ID = "partition-id"
 
+#: Bounds on what one client can make the server record: a reason is cut to MAX_REASON characters; a reply
+#: with more than MAX_METRICS metrics, or a metric name longer than MAX_METRIC_NAME, is rejected. Without
+#: them one reply with 20,000 metric names wrote a 220 KB reason into metrics.json and the checkpoint.
+MAX_REASON, MAX_METRICS, MAX_METRIC_NAME = 300, 64, 64
+
 
 @dataclass
 class AcceptedReply:
@@ -54,13 +59,21 @@ class ScreenedReplies:
 
     def fail(self, reason: str) -> None:
         self.failed += 1
-        self.reasons.append(reason)
-        log(WARNING, "%s", reason)
+        self._note(reason)
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
+        self._note(reason)
+
+    def _note(self, reason: str) -> None:
+        reason = bounded(reason)
         self.reasons.append(reason)
         log(WARNING, "%s", reason)
+
+
+def bounded(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
 def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] | None,
@@ -120,6 +133,9 @@ def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: 
     if len(content.metric_records) != 1:
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
+    if len(metrics) > MAX_METRICS or any(len(name) > MAX_METRIC_NAME for name in metrics):
+        raise ValueError(f"it reports {len(metrics)} metrics, names up to {max(map(len, metrics))} characters; "
+                         f"at most {MAX_METRICS} metrics with names of at most {MAX_METRIC_NAME} are recorded")
     num_examples = check_num_examples(metrics.get(NUM_EXAMPLES))
     for name, value in metrics.items():
         values = value if isinstance(value, list) else [value]
