@@ -107,10 +107,37 @@ def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
     return recorder, ArrayRecord(model.state_dict()), strategy
 
 
+#: How long a simulation may take to register its virtual clients (they appear within seconds).
+SIMULATION_NODE_WAIT = 60.0
+
+
+def wait_for_clients(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -> int:
+    """Wait until ``needed`` clients are connected; ConfigError naming 'min-available-nodes' when they are not.
+
+    Flower's own sampling waits for ``min_available_nodes`` forever. In simulation (Flower's in-memory grid)
+    the federation is fixed, so a run that asks for more clients than it has stops within a minute; in a
+    deployment clients may still be starting, so the wait is the round timeout.
+    """
+    simulation = type(grid).__name__ == "InMemoryGrid"
+    deadline = time.monotonic() + (min(timeout, SIMULATION_NODE_WAIT) if simulation else timeout)
+    reported = time.monotonic()
+    while (connected := len(list(grid.get_node_ids()))) < needed:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"Run-config key 'min-available-nodes' is {needed}, but only {connected} clients "
+                              + ("are in this simulation (num-supernodes)" if simulation else
+                                 f"connected within round-timeout ({timeout:g} s)") + "; lower it or add clients.")
+        if time.monotonic() - reported > 30:
+            log(INFO, "Waiting for clients: %d of min-available-nodes=%d connected", connected, needed)
+            reported = time.monotonic()
+        time.sleep(poll)
+    return connected
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_run_config(context.run_config)
     device = resolve_device(settings.device)
+    wait_for_clients(grid, settings.min_available_nodes, settings.round_timeout)
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
         " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)

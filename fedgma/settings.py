@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,10 @@ STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "f
               "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
 #: The strategies of Flower's legacy API this app also offers (fedgma.legacy_app).
 LEGACY_STRATEGIES = STRATEGIES[:7]
+
+
+#: The largest count (rounds, epochs, clients) a run config may ask for: beyond it a run would not end.
+MAX_COUNT = 100_000
 
 
 class ConfigError(ValueError):
@@ -39,8 +44,9 @@ class Settings:
     """Every knob of a run. Field ``foo_bar`` is run-config key ``foo-bar``."""
 
     # --- experiment -------------------------------------------------------
-    seed: int = _opt(0, "Seed for model init, partitioning, colouring and sampling.", low=0)
-    num_rounds: int = _opt(15, "Federated rounds.", low=1)
+    seed: int = _opt(0, "Seed for model init, partitioning, colouring and sampling (below 2^32, which every "
+                        "generator the run seeds accepts).", low=0, high=2**32 - 1)
+    num_rounds: int = _opt(15, "Federated rounds.", low=1, high=MAX_COUNT)
     output_dir: str = _opt("", "Folder for metrics.json, metrics.csv, model.pt, accuracy.png; "
                                "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
     overwrite: bool = _opt(False, "Let a fresh run replace the records of an earlier run in 'output-dir' (without "
@@ -77,11 +83,13 @@ class Settings:
     test_validation_examples: int = _opt(0, "Test-domain validation set (oracle selection): the last this-many "
                                             "MNIST test images, coloured like the OOD test set; the test sets use "
                                             "only the images before them (0 = none).", low=0, high=5000)
-    max_client_examples: int = _opt(0, "Keep at most this many examples per client (0 = all).", low=0)
-    max_test_examples: int = _opt(0, "Keep at most this many test examples per test set (0 = all 10,000).", low=0)
+    max_client_examples: int = _opt(0, "Keep at most this many examples per client (0 = all).", low=0, high=60000)
+    max_test_examples: int = _opt(0, "Keep at most this many test examples per test set (0 = all 10,000).", low=0,
+                                  high=10000)
     # --- local training (clients) -----------------------------------------------
-    local_epochs: int = _opt(1, "Local epochs E per round.", low=1)
-    batch_size: int = _opt(64, "Local mini-batch size B (0 = full batch, as in the seed repository).", low=0)
+    local_epochs: int = _opt(1, "Local epochs E per round.", low=1, high=MAX_COUNT)
+    batch_size: int = _opt(64, "Local mini-batch size B (0 = full batch, as in the seed repository; at most "
+                               "60,000, the whole training set).", low=0, high=60000)
     optimizer: str = _opt("adam", "Local optimizer.", choices=("adam", "sgd"))
     lr: float = _opt(1e-3, "Local learning rate.", low=0.0, low_open=True)
     precision: str = _opt("fp32", "'fp32', or 'bf16': convolutions and linear layers in bfloat16 under "
@@ -93,7 +101,7 @@ class Settings:
                                "else the CPU), 'cpu' or 'cuda' ('cuda' without a GPU stops the run before round 1).",
                        choices=("auto", "cpu", "cuda"))
     client_threads: int = _opt(0, "Torch threads per client (0 = the CPUs Ray gave the client, "
-                                   "or all cores outside Ray).", low=0)
+                                   "or all cores outside Ray).", low=0, high=1024)
     # --- sampling -----------------------------------------------------------------
     fraction_train: float = _opt(1.0, "Fraction of clients that train each round.", low=0.0, high=1.0,
                                  low_open=True)
@@ -106,7 +114,7 @@ class Settings:
                                               "to train sent an accepted reply (always at least one); otherwise "
                                               "the previous model is kept.", low=0.0, high=1.0)
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
-                                       "(Flower's min_available_nodes).", low=1)
+                                       "(Flower's min_available_nodes).", low=1, high=MAX_COUNT)
     max_examples: float = _opt(0.0, "Count at most this many examples for one reply: a larger 'num-examples' is "
                                     "clipped to it, counted (replies-clipped) and named (0 = no cap).", low=0.0)
     max_update_norm: float = _opt(0.0, "Scale a reply whose update ||w_k - w_t|| (L2 over all layers; FedGMA's "
@@ -170,6 +178,8 @@ class Settings:
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
         """Validate a Flower run config; raise ConfigError naming the first bad key."""
+        if not isinstance(run_config, dict):
+            raise ConfigError(f"The run config must be a table of keys and values, got a {type(run_config).__name__}.")
         fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in run_config.items():
@@ -247,6 +257,8 @@ def _check(key: str, value: Any, spec: dataclasses.Field) -> Any:
         raise ConfigError(f"Run-config key '{key}' must be a {spec.type}, got {value!r} "
                           f"({type(value).__name__}).")
     meta = spec.metadata
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"Run-config key '{key}' is {value!r}; it must be a finite number.")
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"Run-config key '{key}' is {value!r}; allowed values: "
                           f"{', '.join(repr(c) for c in meta['choices'])}.")

@@ -58,3 +58,29 @@ def test_resume_counts_keys_a_checkpoint_lacks_as_their_default():
     check_resumable(checkpoint, Settings())
     with pytest.raises(ConfigError, match="'device': checkpoint 'auto', now 'cpu'"):
         check_resumable(checkpoint, Settings(device="cpu"))
+
+
+def test_too_few_clients_stop_the_run_instead_of_waiting_forever(monkeypatch):
+    import fedgma.server_app as server_app
+
+    class InMemoryGrid:  # the name Flower's simulation grid has: its federation is fixed
+        def get_node_ids(self):
+            return [1, 2]
+
+    monkeypatch.setattr(server_app, "SIMULATION_NODE_WAIT", 0.2)
+    with pytest.raises(ConfigError, match="'min-available-nodes' is 5, but only 2 clients are in this simulation"):
+        server_app.wait_for_clients(InMemoryGrid(), 5, timeout=3600, poll=0.05)
+
+    class HttpGrid(InMemoryGrid):  # a deployment: clients may still come, up to the round timeout
+        pass
+
+    with pytest.raises(ConfigError, match="within round-timeout"):
+        server_app.wait_for_clients(HttpGrid(), 5, timeout=0.2, poll=0.05)
+    assert server_app.wait_for_clients(HttpGrid(), 2, timeout=0.2) == 2
+
+
+@pytest.mark.parametrize("key, value", [("p", float("nan")), ("lr", float("inf")), ("seed", 2**64),
+                                        ("num-rounds", 10**12), ("batch-size", 10**9), ("client-threads", 10**6)])
+def test_values_that_would_hang_or_crash_a_run_are_refused_by_name(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        Settings.from_run_config({key: value})
