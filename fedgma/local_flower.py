@@ -189,3 +189,33 @@ class LocalFlower:
         listing = subprocess.run([FLWR, "list", "--format", "json"], cwd=self.root, env=self.env,
                                  capture_output=True, text=True, timeout=120)
         return sorted(json.loads(listing.stdout)["runs"], key=lambda run: run["pending-at"], reverse=True)
+
+
+def stop_local_superlink(flwr_home: Path) -> set[int]:
+    """Stop, by PID, the local SuperLink that ``flwr run`` left running for ``flwr_home`` (it keeps its
+    state in ``<flwr_home>/local-superlink/``, which its command line names) and its children; no other
+    SuperLink on the machine. Returns the PIDs stopped."""
+    marker = str(Path(flwr_home).expanduser().resolve() / "local-superlink") + os.sep
+    pids = {pid for pid, argv in command_lines(marker).items()
+            if any(Path(arg).name == "flower-superlink" for arg in argv[:2])}
+    stop_trees(pids)
+    return pids
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedgma.local_flower stop-superlink``: the precise replacement for ``pkill -f flower-superlink``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fedgma.local_flower", description=main.__doc__)
+    parser.add_argument("command", choices=["stop-superlink"])
+    parser.add_argument("--flwr-home", type=Path, default=Path(os.environ.get("FLWR_HOME", "~/.flwr")),
+                        help="the FLWR_HOME whose local SuperLink to stop (default: $FLWR_HOME or ~/.flwr)")
+    args = parser.parse_args(argv)
+    stopped = stop_local_superlink(args.flwr_home)
+    print(f"Stopped the local SuperLink of {args.flwr_home}: PID {', '.join(map(str, sorted(stopped)))}" if stopped
+          else f"No local SuperLink of {args.flwr_home} is running.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,6 +40,22 @@ def descendants(root: int) -> set[int]:
         return set()
 
 
+def identity(pid: int) -> dict | None:
+    """What tells this process from a later one that reuses its PID: its start time and command line."""
+    try:
+        process = psutil.Process(pid)
+        return {"pid": pid, "started": process.create_time(), "command": process.cmdline()}
+    except psutil.Error:
+        return None
+
+
+def same_process(recorded: dict) -> bool:
+    """Whether the process ``recorded`` by :func:`identity` still runs (same PID, start time and command)."""
+    now = identity(int(recorded.get("pid", -1))) if isinstance(recorded, dict) else None
+    return (now is not None and abs(now["started"] - float(recorded.get("started", -1))) < 0.01
+            and now["command"] == recorded.get("command"))
+
+
 def is_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, which has exited, does not count)."""
     try:

@@ -45,3 +45,23 @@ def test_a_second_superlink_in_the_same_flwr_home_is_stopped_before_a_run(tmp_pa
         assert not any(is_alive(pid) for pid in rogue_tree)
         assert all(is_alive(pid) for pid in ours)
         assert flower.stop_foreign_superlinks() == set()
+
+
+def test_stop_superlink_stops_only_the_local_superlink_of_its_flwr_home(tmp_path):
+    import subprocess
+    import sys
+
+    from fedgma.local_flower import main as local_main
+    from fedgma.processes import is_alive, stop
+
+    script = tmp_path / "flower-superlink"  # a stand-in with the real one's name and command line
+    script.write_text("import time\ntime.sleep(60)\n")
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    processes = [subprocess.Popen([sys.executable, str(script), "--database", str(home / "local-superlink" / "state.db")])
+                 for home in (mine, other)]
+    try:
+        assert local_main(["stop-superlink", "--flwr-home", str(mine)]) == 0
+        processes[0].wait(timeout=10)
+        assert is_alive(processes[1].pid)  # another FLWR_HOME's SuperLink: untouched
+    finally:
+        stop({p.pid for p in processes}, grace=0.5)

@@ -60,6 +60,8 @@ def down(args: argparse.Namespace) -> None:
     deployment = Deployment(args.workdir)
     stopped = dict(deployment.pids)
     deployment.stop()
+    for name, note in deployment.stale.items():
+        print(f"{name}: {note}")
     print(f"Stopped {stopped or 'nothing'}; logs stay in {deployment.logs}")
 
 
@@ -102,9 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True)
     p.set_defaults(run=register)
     p = commands.add_parser("certs", help="make a CA and a SuperLink certificate (multi-machine set-up)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="ca.crt, server.pem, server.key: for the SuperLink host")
+    p.add_argument("--ca-out", type=Path, required=True,
+                   help="ca.key, the CA's private key: keep it off the SuperLink host")
     p.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (repeatable)")
-    p.set_defaults(run=lambda a: print(make_certificates(a.out, a.host)))
+    p.set_defaults(run=lambda a: print(make_certificates(a.out, a.ca_out, a.host)))
     p = commands.add_parser("node-key", help="make a SuperNode key pair (multi-machine set-up)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True)

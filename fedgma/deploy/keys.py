@@ -6,7 +6,8 @@
   signed by it, valid for 127.0.0.1, localhost and any host names or IP
   addresses given (the subject alternative names the SuperNodes and the CLI
   check). The SuperLink gets ``ca.crt``, ``server.pem`` and ``server.key``;
-  SuperNodes and the CLI only ``ca.crt``.
+  SuperNodes and the CLI only ``ca.crt``; the CA's key is written to a folder of
+  its own, to be kept off the SuperLink's host.
 * :func:`make_node_key`: an EC P-384 key pair in OpenSSH format, the form that
   ``flwr supernode register`` (public key) and ``flower-supernode
   --auth-supernode-private-key`` (private key) read.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -27,8 +29,16 @@ VALID_DAYS = 365
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path, encoding_format) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, encoding_format, serialization.NoEncryption()))
-    path.chmod(0o600)
+    """A private key file readable by its owner only from the moment it exists: created with mode 0600 and
+    O_EXCL (a file or symlink already at ``path`` is an error, never followed or overwritten)."""
+    data = key.private_bytes(serialization.Encoding.PEM, encoding_format, serialization.NoEncryption())
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists already; a new key never replaces one (delete it to make a new "
+                              "one)") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
 
 
 def _subject_alternative_names(hosts: list[str]) -> list[x509.GeneralName]:
@@ -41,9 +51,12 @@ def _subject_alternative_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def make_certificates(folder: Path, hosts: list[str] | None = None) -> dict[str, Path]:
-    """Write ca.crt, ca.key, server.pem and server.key into ``folder``; return their paths."""
+def make_certificates(folder: Path, ca_folder: Path, hosts: list[str] | None = None) -> dict[str, Path]:
+    """Write ca.crt, server.pem and server.key (what a SuperLink host needs) into ``folder`` and the CA's
+    private key ca.key into ``ca_folder``, apart: whoever holds ca.key can sign a certificate for any host
+    and impersonate the SuperLink, so it stays where certificates are issued, not on the SuperLink's host."""
     folder.mkdir(parents=True, exist_ok=True)
+    ca_folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FedGMA deployment CA")])
@@ -69,7 +82,7 @@ def make_certificates(folder: Path, hosts: list[str] | None = None) -> dict[str,
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                    .sign(ca_key, hashes.SHA384()))
-    paths = {"ca_cert": folder / "ca.crt", "ca_key": folder / "ca.key",
+    paths = {"ca_cert": folder / "ca.crt", "ca_key": ca_folder / "ca.key",
              "server_cert": folder / "server.pem", "server_key": folder / "server.key"}
     paths["ca_cert"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths["server_cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))

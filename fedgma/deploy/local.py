@@ -11,12 +11,13 @@ SuperNodes and the SuperLink's Fleet API (:func:`default_transport`):
 
 :class:`Deployment` writes everything under one work folder:
 
+    ca/           ca.key: signs server certificates; keep it off the SuperLink's host (mode 0700, key 0600)
     certs/        ca.crt (give to SuperNodes and the CLI), server.pem, server.key (SuperLink only)
     keys/         node-<i> (private, stays on that node) and node-<i>.pub (registered with the SuperLink)
     logs/         superlink.log, node-<i>.log
     flwr-home/    FLWR_HOME of the CLI, with the connection "fedgma-deploy" in config.toml
     state/        each process's own FLWR_HOME (installed app bundles) and the SuperLink's database
-    pids.json     the PIDs this folder started, for ``down``
+    pids.json     the processes this folder started (PID, start time, command line), for ``down``
 
 Processes are started in their own sessions and keep running after ``up``
 returns; ``down`` (or :meth:`Deployment.stop`) stops them, and their children,
@@ -38,7 +39,7 @@ from typing import Any
 from packaging.version import Version
 
 from ..local_flower import run_config_arg
-from ..processes import descendants, free_port, is_alive, stop
+from ..processes import descendants, free_port, identity, is_alive, same_process, stop
 from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
@@ -90,11 +91,13 @@ class Deployment:
         self.insecure = insecure
         self.hosts = hosts or []
         self.certs, self.keys, self.logs = self.workdir / "certs", self.workdir / "keys", self.workdir / "logs"
+        self.ca = self.workdir / "ca"  # the CA's private key, apart from what the SuperLink reads
         self.cli_home, self.state = self.workdir / "flwr-home", self.workdir / "state"
         self.pid_file = self.workdir / "pids.json"
         for folder in (self.logs, self.cli_home, self.state):
             folder.mkdir(parents=True, exist_ok=True)
-        self.pids: dict[str, int] = json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {}
+        self.identities, self.stale = self._read_pids()
+        self.pids: dict[str, int] = {name: int(entry["pid"]) for name, entry in self.identities.items()}
         meta = self._read_meta()
         self.port = port or int(meta.get("port", 0)) or free_port()
         self.transport = check_transport(transport or meta.get("transport") or default_transport())
@@ -113,11 +116,28 @@ class Deployment:
             process = subprocess.Popen(command, cwd=home, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         self.pids[name] = process.pid
+        self.identities[name] = identity(process.pid) or {"pid": process.pid}
         self._save()
         return process.pid
 
+    def _read_pids(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """The processes of ``pids.json`` that are provably the ones this folder started (same PID, start
+        time and command line), and a note for each that is not: a PID reused by another process, an
+        entry of an older release without identity, or one that has exited. Only the first are stopped."""
+        recorded = json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {}
+        identities, stale = {}, {}
+        for name, entry in recorded.items():
+            if same_process(entry):
+                identities[name] = entry
+            else:
+                pid = entry.get("pid") if isinstance(entry, dict) else entry
+                stale[name] = (f"pid {pid} is not the process this folder started (it exited, or the PID now "
+                               "belongs to another process): not touched")
+        return identities, stale
+
     def _save(self) -> None:
-        self.pid_file.write_text(json.dumps(self.pids, indent=2))
+        self.identities = {name: self.identities[name] for name in self.pids if name in self.identities}
+        self.pid_file.write_text(json.dumps(self.identities, indent=2))
         (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure,
                                                             "transport": self.transport,
                                                             "fleet-port": self.fleet_port}))
@@ -165,7 +185,7 @@ class Deployment:
             command.append("--insecure")
         else:
             if not (self.certs / "server.pem").exists():
-                make_certificates(self.certs, self.hosts)
+                make_certificates(self.certs, self.ca, self.hosts)
             command += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile",
                         str(self.certs / "server.pem"), "--ssl-keyfile", str(self.certs / "server.key"),
                         "--enable-supernode-auth"]

@@ -1,0 +1,55 @@
+"""Deployment that stays ours: keys private from their first byte, the CA key apart from the SuperLink's files,
+and `deploy down` stopping only processes it can prove it started."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from fedgma.deploy.__main__ import main as deploy_main
+from fedgma.deploy.keys import make_certificates, make_node_key
+from fedgma.deploy.local import Deployment
+from fedgma.processes import identity, is_alive, stop
+
+
+def test_private_keys_are_created_0600_and_never_through_a_planted_file(tmp_path, monkeypatch):
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, mode=0o777, **kw: opened.append((str(path), flags, mode))
+                        or real_open(path, flags, mode, **kw))
+    paths = make_certificates(tmp_path / "certs", tmp_path / "ca")
+    private, _ = make_node_key(tmp_path / "keys", "node-0")
+    for key in (paths["server_key"], paths["ca_key"], private):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        flags, mode = next((f, m) for p, f, m in opened if p == str(key))
+        assert flags & os.O_EXCL and flags & os.O_CREAT and mode == 0o600  # never world-readable, even briefly
+    assert paths["ca_key"].parent == tmp_path / "ca" and not (tmp_path / "certs" / "ca.key").exists()
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    os.symlink(target, tmp_path / "keys" / "node-1")
+    with pytest.raises(FileExistsError, match="never replaces"):
+        make_node_key(tmp_path / "keys", "node-1")
+    assert target.read_text() == "keep"
+
+
+def test_down_leaves_a_process_it_cannot_prove_it_started(tmp_path, capsys):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        recorded = identity(bystander.pid)
+        (tmp_path / "pids.json").write_text(json.dumps({
+            "superlink": bystander.pid,  # an older release's entry: a bare PID
+            "node-0": recorded | {"started": recorded["started"] - 100},  # the PID reused by another process
+            "node-1": recorded | {"command": ["flower-supernode"]}}))
+        deploy_main(["down", "--workdir", str(tmp_path)])
+        assert is_alive(bystander.pid)
+        printed = capsys.readouterr().out
+        assert printed.count("not touched") == 3 and "Stopped nothing" in printed
+        (tmp_path / "pids.json").write_text(json.dumps({"node-0": recorded}))  # provably ours: stopped
+        assert Deployment(tmp_path).pids == {"node-0": bystander.pid}
+        deploy_main(["down", "--workdir", str(tmp_path)])
+        bystander.wait(timeout=10)
+    finally:
+        stop({bystander.pid}, grace=0.5)
