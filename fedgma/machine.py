@@ -48,7 +48,7 @@ def warn_if_bf16_is_emulated() -> bool:
     print(f"warning: precision='bf16' on a CPU without bfloat16 instructions (none of {', '.join(BF16_FLAGS)} "
           "in /proc/cpuinfo): torch emulates bfloat16 here, so training is slower than with "
           "precision='fp32', not faster; the results are the same within seed noise either way "
-          "(README Performance)", file=sys.stderr, flush=True)
+          "(docs/performance.md)", file=sys.stderr, flush=True)
     return True
 
 

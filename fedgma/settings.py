@@ -96,7 +96,7 @@ class Settings:
                                   "autocast, weights and Adam state in fp32 (on CPUs with bf16 units about 0.67x "
                                   "the round time; without them, as on AVX2-only CPUs, torch emulates bf16 and it "
                                   "is slower than fp32, which the run says; same accuracy within seed noise in the "
-                                  "runs measured, README Performance).", choices=("fp32", "bf16"))
+                                  "runs measured, docs/performance.md).", choices=("fp32", "bf16"))
     device: str = _opt("auto", "Where clients train and the server evaluates: 'auto' (CUDA when torch sees a GPU, "
                                "else the CPU), 'cpu' or 'cuda' ('cuda' without a GPU stops the run before round 1).",
                        choices=("auto", "cpu", "cuda"))
@@ -126,7 +126,7 @@ class Settings:
                            "dp-delta) per round; any server rule, masks included, is post-processing) or 'central' "
                            "(Flower's DifferentialPrivacyServerSideFixedClipping: replies clipped on the server, "
                            "noise dp-noise-multiplier x dp-clipping-norm / clients added to the aggregate; refused "
-                           "with a mask, see the README).", choices=("none", "local", "central"))
+                           "with a mask: docs/privacy.md).", choices=("none", "local", "central"))
     dp_clipping_norm: float = _opt(1.0, "DP: the L2 norm every client update is clipped to.", low=0.0,
                                    low_open=True)
     dp_epsilon: float = _opt(0.5, "Local DP: epsilon of each client's reply per round (at most 0.99: the Gaussian "
@@ -217,7 +217,7 @@ class Settings:
 
 
 def _check_privacy(settings: Settings) -> None:
-    """Refuse the privacy combinations whose guarantee the code cannot give (README "Privacy and robustness")."""
+    """Refuse the privacy combinations whose guarantee the code cannot give (docs/privacy.md)."""
     masked = settings.gma or settings.strategy == "fedgma"
     if settings.dp == "central" and masked:
         raise ConfigError("Run-config key 'dp' = 'central' cannot be combined with a mask (gma=true or "

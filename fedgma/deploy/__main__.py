@@ -8,7 +8,7 @@ One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
 
 Several machines: ``certs`` on the SuperLink machine (name its host with --host),
 ``node-key`` on each SuperNode machine, then register each public key with
-``register`` (or ``flwr supernode register``); README "Deployment" has the steps.
+``register`` (or ``flwr supernode register``); docs/deployment.md has the steps.
 """
 
 from __future__ import annotations

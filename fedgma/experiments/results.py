@@ -173,7 +173,7 @@ def baseline_label(baseline: dict[str, Any]) -> str:
 def summary_rows(groups: list[Group], baseline: dict[str, Any] | None = None,
                  pool: list[Group] | None = None) -> list[dict[str, Any]]:
     """One row per group; with ``baseline``, each paired with its baseline group, looked for among
-    ``groups`` and ``pool`` (the runs of other grids, say) (README "Experiments")."""
+    ``groups`` and ``pool`` (the runs of other grids, say) (docs/experiments.md)."""
     if not baseline:
         return [summarise(group) for group in groups]
     candidates = groups + (pool or [])

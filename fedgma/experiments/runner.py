@@ -7,7 +7,7 @@ a run without a checkpoint starts again from round 0. A new run whose
 configuration, seed and federation size equal a completed run of another grid
 (the sweep grids share their baseline runs) is not run again: that run's
 ``metrics.json`` and ``metrics.csv`` are copied, with ``reused-from`` naming it;
-runs are deterministic (README "Interrupting, resuming and rerunning"), so the
+runs are deterministic (docs/reliability.md), so the
 copy is what the run would have written. Progress over runs and rounds goes to
 stdout, one line per round.
 """
