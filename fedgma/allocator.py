@@ -8,7 +8,7 @@ of fresh zeroed pages in again. :func:`keep_freed_memory` tells glibc to serve
 large blocks from its heap and not to give freed memory back, so the next step
 reuses the same pages; the process keeps its peak footprint (a few hundred MB per
 client worker) instead. Numbers do not change, only where the bytes live; the
-time it saves is measured by ``python -m fedgma.bench`` (:mod:`fedgma.bench.throughput`).
+time it saves is measured by ``python -m fedgma.tools.bench`` (:mod:`fedgma.tools.bench.throughput`).
 A no-op where the C library is not glibc (macOS, musl).
 """
 

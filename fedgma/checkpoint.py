@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from .records import decode, encode
+from fedgma.strategies.records import decode, encode
 from .safe_files import atomic_write
 from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings
 

@@ -1,7 +1,7 @@
 """Flower ClientApp: the colored-MNIST NumPyClient, served to Message-API strategies.
 
 The client itself is a ``NumPyClient`` (:class:`fedgma.numpy_client.ColoredMnistClient`),
-as most Flower code is written; :class:`fedgma.adapter.NumPyClientAdapter` turns
+as most Flower code is written; :class:`fedgma.strategies.numpy_clients.NumPyClientAdapter` turns
 its ``fit`` / ``evaluate`` into the ``@app.train`` / ``@app.evaluate`` replies the
 strategies expect (FedGMA's last local gradient included).
 
@@ -17,6 +17,7 @@ and cached; a round only loads the received weights and trains.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import lru_cache
 
@@ -25,18 +26,19 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import LocalDpMod
 from flwr.clientapp.typing import ClientAppCallable
 
-from .adapter import NumPyClientAdapter
+from fedgma.strategies.numpy_clients import NumPyClientAdapter
 from .data import client_data
 from .model import build_model
 from .numpy_client import ColoredMnistClient
 from .settings import ConfigError, Settings
-from .training import prepare_model, resolve_device
+from .machine import resolve_device
+from .training import prepare_model
 
 
 @lru_cache(maxsize=8)
 def _settings(run_config: tuple, data_dir: str | None) -> Settings:
     settings = Settings.from_run_config(dict(run_config))
-    return settings if data_dir is None else Settings.from_run_config(settings.to_run_config() | {"data-dir": data_dir})
+    return settings if data_dir is None else dataclasses.replace(settings, data_dir=data_dir)
 
 
 def settings_of(context: Context) -> Settings:
@@ -79,15 +81,16 @@ def cpus_for_this_client(settings: Settings) -> int:
     return os.cpu_count() or 1
 
 
-def client_fn(context: Context) -> ColoredMnistClient:
-    """This node's colored-MNIST NumPyClient (cached data and model; torch threads set)."""
+def client_fn(context: Context, client_class: type[ColoredMnistClient] = ColoredMnistClient) -> ColoredMnistClient:
+    """This node's colored-MNIST NumPyClient (cached data and model; torch threads set); the legacy app passes
+    its subclass."""
     settings = settings_of(context)
     pid, count = partition_of(context)
     threads = cpus_for_this_client(settings)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     model = _model(settings.task, settings.device)
-    return ColoredMnistClient(settings, pid, model, client_data(settings, pid, count))
+    return client_class(settings, pid, model, client_data(settings, pid, count))
 
 
 def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

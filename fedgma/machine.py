@@ -1,4 +1,5 @@
-"""The CPU this process runs on: what each run and benchmark records, and whether bf16 is native.
+"""The machine this process runs on: its CPU (each run and benchmark records it), whether bf16 is native,
+and the torch device a run uses (:func:`resolve_device`).
 
 Machines that report the same model name differ several-fold in this CNN's round time (a 2.0 GHz
 AVX2-only EPYC against one with AVX-512), so the clock and the widest vector unit are kept with
@@ -14,6 +15,10 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .settings import ConfigError
 
 #: /proc/cpuinfo flags of x86 CPUs with bfloat16 arithmetic (AVX512-BF16, AMX), which oneDNN uses.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -61,3 +66,17 @@ def _proc_fields(path: Path) -> dict[str, str]:
             if sep:
                 fields.setdefault(key.strip(), value.strip())
     return fields
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of run-config key ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU.
+
+    ``cuda`` without a GPU raises :class:`ConfigError` here, before round 1, rather
+    than a CUDA error from inside a client later.
+    """
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Run-config key 'device' is 'cuda' but torch {torch.__version__} sees no GPU "
+                          f"(CUDA build: {torch.version.cuda or 'none'}); use device='auto' or 'cpu'.")
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"Run-config key 'device' must be 'auto', 'cpu' or 'cuda', not {name!r}")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")

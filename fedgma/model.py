@@ -10,7 +10,7 @@ monotone, so the maximum of ReLUs is the ReLU of the maximum, and the gradient
 reaches the same input element or is zero either way), so outputs and gradients
 are bit-for-bit those of the seed's order (:func:`seed_layer_order`,
 ``tests/test_model.py``), while the ReLU and its backward pass touch a quarter
-of the elements (the time saved is measured by ``python -m fedgma.bench``).
+of the elements (the time saved is measured by ``python -m fedgma.tools.bench``).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Parameters travel as a list of NumPy arrays in the model's ``state_dict`` order.
 ``fit`` trains from the received weights with :func:`fedgma.training.train_local`
 and keeps the last local gradient in ``last_gradient`` (FedGMA's gradient
-direction asks for it; :mod:`fedgma.adapter` sends it); ``evaluate`` tests on the
+direction asks for it; :mod:`fedgma.strategies.numpy_clients` sends it); ``evaluate`` tests on the
 client's own partition. The ClientApp (:mod:`fedgma.client_app`) serves it
-through :class:`fedgma.adapter.NumPyClientAdapter`, so this is the app's only
+through :class:`fedgma.strategies.numpy_clients.NumPyClientAdapter`, so this is the app's only
 training path.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.client import NumPyClient
+
+from fedgma.strategies.protocol import PROXIMAL_MU, SERVER_ROUND
 
 from .data import ColoredData
 from .settings import Settings
@@ -44,8 +46,8 @@ class ColoredMnistClient(NumPyClient):
         self.set_parameters(parameters)
         s = self.settings
         result = train_local(self.model, self.data, s.local_epochs, s.batch_size, s.optimizer, s.lr,
-                             proximal_mu=float(config.get("proximal-mu", 0.0)),
-                             shuffle_seed=shuffle_seed(s.seed, self.partition_id, int(config.get("server-round", 0))),
+                             proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
+                             shuffle_seed=shuffle_seed(s.seed, self.partition_id, int(config.get(SERVER_ROUND, 0))),
                              precision=s.precision)
         self.last_gradient = [result.last_gradient[name] for name, _ in self.model.named_parameters()]
         metrics = {"train-loss": result.loss, "train-accuracy": result.accuracy}

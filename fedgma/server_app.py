@@ -18,66 +18,22 @@ import time
 from logging import INFO
 
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .checkpoint import (CHECKPOINT, Checkpoint, check_model_arrays, check_resumable, load_checkpoint, random_states,
-                         save_checkpoint, set_random_states)
-from .data import test_sets
+from fedgma.strategies import ReplyGuard
+
+from .checkpoint import CHECKPOINT, check_model_arrays, check_resumable, load_checkpoint, set_random_states
+from .evaluation import CentralEvaluation
 from .model import build_model
-from .outputs import RoundTimer, RunRecorder, resolve_output_dir
-from .records import decode
+from .outputs import RunRecorder, resolve_output_dir
+from .registry import build_strategy
 from .settings import ConfigError, Settings
-from .strategies import ReplyGuard, build_strategy
-from .training import evaluate, prepare_model, resolve_device
+from .machine import resolve_device
+from .training import prepare_model
 
 app = ServerApp()
-
-
-class CentralEvaluation:
-    """``evaluate_fn`` for ``Strategy.start``: test, log one line, record the round, checkpoint."""
-
-    def __init__(self, settings: Settings, model: torch.nn.Module, strategy: ReplyGuard,
-                 recorder: RunRecorder) -> None:
-        self.settings = settings
-        self.model = model
-        self.strategy = strategy
-        self.recorder = recorder
-        self.test_sets = test_sets(settings)
-        self.timer = RoundTimer()
-        self.latest: ArrayRecord | None = None  # the newest global model (model.pt at the end)
-
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        server_round += self.strategy.round_offset
-        self.latest = arrays
-        if self.recorder.rows and server_round <= self.recorder.rows[-1]["round"]:
-            return None  # a resumed run's starting point: evaluated and recorded before the interruption
-        seconds = self.timer.lap()
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        metrics = {}
-        for name, data in self.test_sets.items():
-            metrics[f"{name}-loss"], metrics[f"{name}-accuracy"] = evaluate(self.model, data,
-                                                                            precision=self.settings.precision)
-        row = {"round": server_round, **metrics, "seconds": round(seconds, 3), "time": round(time.time(), 3),
-               **self.strategy.train_metrics.get(server_round, {}),
-               **self.strategy.evaluate_metrics.get(server_round, {}),
-               **self.strategy.notes.get(server_round, {})}
-        self.recorder.record_round(row)
-        started = time.perf_counter()
-        size = save_checkpoint(self.recorder.folder, Checkpoint(
-            server_round, decode(arrays), self.strategy.state(), self.recorder.rows, self.settings.to_run_config(),
-            self.recorder.summary(), random_states()))
-        log(INFO, "[round %d/%d] OOD acc %.4f | ID acc %.4f | train loss %s | mask density %s | "
-                  "replies %s ok, %s failed, %s rejected | %.1f s | checkpoint %.1f MB in %.2f s", server_round,
-            self.settings.num_rounds, row["ood-accuracy"], row["id-accuracy"], _fmt(row.get("train-loss")),
-            _fmt(row.get("mask-density")), row.get("replies-accepted", "-"), row.get("replies-failed", "-"),
-            row.get("replies-rejected", "-"), seconds, size / 1e6, time.perf_counter() - started)
-        return MetricRecord(metrics)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
@@ -143,7 +99,8 @@ def main(grid: Grid, context: Context) -> None:
         " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)
     model = prepare_model(build_model(settings.task), device)
     try:
-        evaluate_fn = CentralEvaluation(settings, model, strategy, recorder)
+        evaluate_fn = CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=strategy.state,
+                                        round_offset=strategy.round_offset)
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,
                        timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
     except BaseException as problem:

@@ -19,8 +19,6 @@ from typing import Any
 
 STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
               "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
-#: The strategies of Flower's legacy API this app also offers (fedgma.legacy_app).
-LEGACY_STRATEGIES = STRATEGIES[:7]
 
 
 #: The largest count (rounds, epochs, clients) a run config may ask for: beyond it a run would not end.

@@ -4,7 +4,7 @@ Images arrive as uint8 tensors and become floats in [0, 1] one batch at a time, 
 a client's cached partition stays four times smaller than a float copy.
 
 Everything runs where the model is: :func:`prepare_model` places it on the run's
-device (:func:`resolve_device`), and the loops move each data set there once per
+device (:func:`fedgma.machine.resolve_device`), and the loops move each data set there once per
 process (:func:`as_tensors`), so on a GPU a client's partition stays on the device
 across rounds and only the weights cross each round.
 """
@@ -22,7 +22,6 @@ from torch.nn import functional as F
 from .allocator import keep_freed_memory
 from .data import ColoredData
 from .machine import warn_if_bf16_is_emulated
-from .settings import ConfigError
 
 
 @dataclass
@@ -45,20 +44,6 @@ def loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         loss = F.cross_entropy(logits, labels)
         correct = (logits.argmax(1) == labels).sum()
     return loss, correct
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of run-config key ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU.
-
-    ``cuda`` without a GPU raises :class:`ConfigError` here, before round 1, rather
-    than a CUDA error from inside a client later.
-    """
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Run-config key 'device' is 'cuda' but torch {torch.__version__} sees no GPU "
-                          f"(CUDA build: {torch.version.cuda or 'none'}); use device='auto' or 'cpu'.")
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"Run-config key 'device' must be 'auto', 'cpu' or 'cuda', not {name!r}")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def as_tensors(data: ColoredData, device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedgma.records import encode
+from fedgma.strategies.records import encode
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("FEDGMA_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist")).resolve()
@@ -40,8 +40,10 @@ def grid_with(node_ids):
 
 
 def send(strategy, arrays: dict[str, np.ndarray], node_ids=(1, 2, 3), server_round: int = 1) -> list[Message]:
-    """configure_train through the real strategy; returns the instructions it built."""
-    return list(strategy.configure_train(server_round, encode(arrays), ConfigRecord(), grid_with(node_ids)))
+    """configure_train through the real strategy; returns the instructions it built, by node id (Flower's sampler
+    shuffles them, and the tests give client i the i-th instruction)."""
+    instructions = strategy.configure_train(server_round, encode(arrays), ConfigRecord(), grid_with(node_ids))
+    return sorted(instructions, key=lambda message: message.metadata.dst_node_id)
 
 
 def reply(instruction: Message, weights: dict[str, np.ndarray], num_examples=10,

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from fedgma.bench.__main__ import main, round_summary
-from fedgma.bench.aggregation import STRATEGIES
-from fedgma.local_flower import run_config_arg
-from fedgma.processes import parse_gpu_apps
+from fedgma.tools.bench.__main__ import main, round_summary
+from fedgma.tools.bench.aggregation import STRATEGIES
+from fedgma.tools.local_flower import run_config_arg
+from fedgma.tools.processes import parse_gpu_apps
 from fedgma.settings import ConfigError
 
 

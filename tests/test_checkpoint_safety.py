@@ -16,10 +16,10 @@ from fedgma.checkpoint import CHECKPOINT, OLD_CHECKPOINT, Checkpoint, check_mode
     random_states, save_checkpoint
 from fedgma.model import build_model
 from fedgma.outputs import RunRecorder
-from fedgma.records import decode
+from fedgma.strategies.records import decode
 from fedgma.safe_files import atomic_write
 from fedgma.settings import ConfigError, Settings
-from fedgma.strategies import build_strategy
+from fedgma.registry import build_strategy
 
 
 class Payload:
@@ -42,13 +42,13 @@ def checkpoint(strategy_state=None):
 def test_round_trip_keeps_arrays_state_and_random_states(tmp_path):
     strategy = build_strategy(Settings.from_run_config({"strategy": "fedadam", "gma": True}))
     saved = checkpoint(strategy.state() | {"partitions": {4: 1, 9: 0}})
-    saved.strategy_state["strategy"]["m_t"] = {"w": np.arange(3.0)}
+    saved.strategy_state["strategy"]["strategy"]["m_t"] = {"w": np.arange(3.0)}  # GMA wraps FedAdam
     save_checkpoint(tmp_path, saved)
     loaded = load_checkpoint(tmp_path)
     assert loaded.round == 3 and loaded.rows == saved.rows and loaded.config == saved.config
     assert all(np.array_equal(loaded.arrays[n], a) and loaded.arrays[n].dtype == a.dtype for n, a in saved.arrays.items())
     assert loaded.strategy_state["partitions"] == {4: 1, 9: 0}  # integer keys survive
-    assert np.array_equal(loaded.strategy_state["strategy"]["m_t"]["w"], np.arange(3.0))
+    assert np.array_equal(loaded.strategy_state["strategy"]["strategy"]["m_t"]["w"], np.arange(3.0))
     assert loaded.random_states["python"] == saved.random_states["python"]
     assert torch.equal(loaded.random_states["torch"], saved.random_states["torch"])
     strategy.restore(loaded.strategy_state, round_offset=3)
@@ -162,7 +162,7 @@ def test_a_poisoned_server_optimiser_keeps_its_previous_state_and_says_so():
     ins = send(strategy, reference, node_ids=(1,))
     arrays, metrics = strategy.aggregate_train(1, [reply(ins[0], poisoned)])
     assert arrays is None and "optimiser's state became non-finite" in strategy.notes[1]["outcome"]
-    assert strategy.strategy.m_t is None or all(np.isfinite(v).all() for v in strategy.strategy.m_t.values())
+    assert (adam := strategy.strategy.strategy).m_t is None or all(np.isfinite(v).all() for v in adam.m_t.values())
     ins = send(strategy, reference, node_ids=(1,), server_round=2)
     arrays, _ = strategy.aggregate_train(2, [reply(ins[0], honest)])
     assert arrays is not None and np.all(decode(arrays)["w"] > 0)  # the next round learns again

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from fedgma.deploy.__main__ import main as deploy_main
-from fedgma.deploy.keys import make_certificates, make_node_key
-from fedgma.deploy.local import Deployment
-from fedgma.processes import identity, is_alive, stop
+from fedgma.tools.deploy.__main__ import main as deploy_main
+from fedgma.tools.deploy.keys import make_certificates, make_node_key
+from fedgma.tools.deploy.local import Deployment
+from fedgma.tools.processes import identity, is_alive, stop
 
 
 def test_private_keys_are_created_0600_and_never_through_a_planted_file(tmp_path, monkeypatch):

@@ -16,9 +16,9 @@ import time
 import pytest
 from conftest import REPO
 
-from fedgma.local_flower import run_config_arg
-from fedgma.deploy import local
-from fedgma.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
+from fedgma.tools.local_flower import run_config_arg
+from fedgma.tools.deploy import local
+from fedgma.tools.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
 
 pytestmark = pytest.mark.deployment
 

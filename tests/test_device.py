@@ -10,7 +10,8 @@ import torch
 from fedgma.data import ColoredData
 from fedgma.model import build_model
 from fedgma.settings import ConfigError, Settings
-from fedgma.training import as_tensors, evaluate, prepare_model, resolve_device, train_local
+from fedgma.machine import resolve_device
+from fedgma.training import as_tensors, evaluate, prepare_model, train_local
 
 
 def test_auto_falls_back_to_the_cpu_without_a_gpu(monkeypatch):

@@ -17,12 +17,12 @@ from conftest import REPO
 from fedgma.data import client_data
 from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
-from fedgma.experiments.__main__ import main
-from fedgma.experiments.grid import available_grids, load_grid
-from fedgma.experiments.plots import COLOURS, line_style
-from fedgma.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
-from fedgma.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
-from fedgma.local_flower import LocalFlower
+from fedgma.tools.experiments.__main__ import main
+from fedgma.tools.experiments.grid import available_grids, load_grid
+from fedgma.tools.experiments.plots import COLOURS, line_style
+from fedgma.tools.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
+from fedgma.tools.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
+from fedgma.tools.local_flower import LocalFlower
 from fedgma.checkpoint import CHECKPOINT
 from fedgma.settings import ConfigError, Settings
 from fedgma.training import to_input
@@ -214,7 +214,7 @@ def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, 
 
 
 def test_run_command_queues_grids_in_order_and_checks_them_all_first(tmp_path, monkeypatch, capsys):
-    import fedgma.experiments.__main__ as cli
+    import fedgma.tools.experiments.__main__ as cli
 
     ran = []
     monkeypatch.setattr(cli, "LocalFlower", lambda: contextlib.nullcontext("flower"))
@@ -292,7 +292,7 @@ def test_seed_repo_inputs_are_raw_pixels(mnist_dir):
 
 
 def test_labels_name_the_method_and_only_its_own_knobs():
-    from fedgma.experiments.labels import configuration_label, method_label
+    from fedgma.tools.experiments.labels import configuration_label, method_label
     from fedgma.settings import DEFAULT_RUN_CONFIG
 
     def label(**keys):

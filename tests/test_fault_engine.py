@@ -11,7 +11,7 @@ import shutil
 import pytest
 from conftest import REPO
 
-from fedgma.local_flower import LocalFlower
+from fedgma.tools.local_flower import LocalFlower
 
 pytestmark = pytest.mark.simulation
 

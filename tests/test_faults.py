@@ -19,16 +19,16 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedgma.data import DataError
 from fedgma.data.mnist import load_split
-from fedgma.records import decode, encode
+from fedgma.strategies.records import decode, encode
 from fedgma.settings import ConfigError, Settings
 from fedgma.strategies import GMA, FedGMA, ReplyGuard
 
 GUARDS = {
     "fedavg": lambda **kw: ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=1.0,
                                              min_evaluate_nodes=1), **kw),
-    "fedgma": lambda **kw: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.5, server_lr=0.1,
-                                  direction="pseudo-gradient", **kw),
-    "gma-fedadam": lambda **kw: GMA(FedAdam(min_available_nodes=1, min_train_nodes=1, eta=0.01), **kw),
+    "fedgma": lambda **kw: ReplyGuard(FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.5,
+                                             server_lr=0.1, direction="pseudo-gradient"), **kw),
+    "gma-fedadam": lambda **kw: ReplyGuard(GMA(FedAdam(min_available_nodes=1, min_train_nodes=1, eta=0.01)), **kw),
 }
 
 

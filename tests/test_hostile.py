@@ -6,9 +6,10 @@ import pytest
 from conftest import reply, send
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
-from fedgma.records import decode
+from fedgma.strategies.records import decode
 from fedgma.settings import Settings
-from fedgma.strategies import GMA, ReplyGuard, build_strategy
+from fedgma.registry import build_strategy
+from fedgma.strategies import GMA, ReplyGuard
 from fedgma.strategies.bounds import ReplyBounds, update_norm
 
 HONEST = 5

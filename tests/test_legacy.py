@@ -1,4 +1,4 @@
-"""Legacy-API strategies (fedgma.compat): same weights as the Message-API strategies for the same client
+"""Legacy-API strategies (fedgma.legacy.strategies): same weights as the Message-API strategies for the same client
 results, through Flower's real legacy Server round; and the legacy app end to end."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from flwr.server.strategy import FedAdam as LegacyFedAdam
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from fedgma.compat import LegacyFedGMA, LegacyGMA
-from fedgma.local_flower import LocalFlower
-from fedgma.records import decode
+from fedgma.legacy.strategies import LegacyFedGMA, LegacyGMA
+from fedgma.tools.local_flower import LocalFlower
+from fedgma.strategies.records import decode
 from fedgma.settings import ConfigError, Settings
 from fedgma.strategies import GMA, FedGMA
 
@@ -122,11 +122,24 @@ def test_legacy_app_runs_and_writes_the_same_outputs(mnist_dir, tmp_path):
     for row in report["rounds"][1:]:
         assert 0 <= row["ood-accuracy"] <= 1 and row["replies-accepted"] == 3 and "mask-density" in row
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG" and (out / "model.pt").stat().st_size > 2_000_000
+    assert not list(out.glob("checkpoint*"))  # the legacy app cannot resume, so it writes no checkpoint
 
 
 @pytest.mark.parametrize("keys", [{"strategy": "krum"}, {"strategy": "fedgma", "fedgma-control": "random-mask"}])
 def test_legacy_app_refuses_what_only_the_message_api_app_offers(keys):
-    from fedgma.legacy_app import build_legacy_strategy
+    from fedgma.legacy.app import build_legacy_strategy
 
     with pytest.raises(ConfigError, match="'(strategy|fedgma-control)'"):
         build_legacy_strategy(Settings.from_run_config(keys), [np.zeros(2, np.float32)], None)
+
+
+def test_legacy_app_refuses_resume_before_round_one_and_writes_no_checkpoint(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from fedgma.legacy.app import server_fn
+
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={
+        "resume": True, "output-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="'resume'.*legacy server app cannot resume"):
+        server_fn(context)
+    assert list(tmp_path.iterdir()) == []

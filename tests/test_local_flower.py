@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from fedgma.local_flower import FLWR, LocalFlower, foreign_superlinks
-from fedgma.processes import command_lines, descendants, free_port, is_alive
+from fedgma.tools.local_flower import FLWR, LocalFlower, foreign_superlinks
+from fedgma.tools.processes import command_lines, descendants, free_port, is_alive
 
 SUPERLINK = ["/venv/bin/python3", "/venv/bin/flower-superlink", "--insecure", "--simulation"]
 
@@ -51,8 +51,8 @@ def test_stop_superlink_stops_only_the_local_superlink_of_its_flwr_home(tmp_path
     import subprocess
     import sys
 
-    from fedgma.local_flower import main as local_main
-    from fedgma.processes import is_alive, stop
+    from fedgma.tools.local_flower import main as local_main
+    from fedgma.tools.processes import is_alive, stop
 
     script = tmp_path / "flower-superlink"  # a stand-in with the real one's name and command line
     script.write_text("import time\ntime.sleep(60)\n")

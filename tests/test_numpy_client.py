@@ -13,9 +13,9 @@ from conftest import REPO
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 
-from fedgma.adapter import NumPyClientAdapter
+from fedgma.strategies.numpy_clients import NumPyClientAdapter
 from fedgma.client_app import client_fn
-from fedgma.local_flower import LocalFlower
+from fedgma.tools.local_flower import LocalFlower
 from fedgma.numpy_client import ColoredMnistClient
 from fedgma.strategies.masking import hard_mask, sign_agreement, weighted_mean
 

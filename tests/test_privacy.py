@@ -10,9 +10,9 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from fedgma.client_app import local_dp
-from fedgma.records import decode
+from fedgma.strategies.records import decode
 from fedgma.settings import ConfigError, Settings
-from fedgma.strategies import build_strategy
+from fedgma.registry import build_strategy
 
 
 @pytest.mark.parametrize("keys, named", [

@@ -9,9 +9,9 @@ import pytest
 from conftest import reply, send
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fedgma.records import decode
+from fedgma.strategies.records import decode
 from fedgma.settings import ConfigError, Settings
-from fedgma.strategies import build_strategy
+from fedgma.registry import build_strategy
 
 KEYS = [key for key, _, _ in Settings.describe()]
 #: How many cases each property tries (the README's fault table quotes the total).

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from fedgma.local_flower import LocalFlower
-from fedgma.processes import free_port, stop_tree_and_mentions
+from fedgma.tools.local_flower import LocalFlower
+from fedgma.tools.processes import free_port, stop_tree_and_mentions
 
 pytestmark = pytest.mark.simulation
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedgma.records import decode, encode
+from fedgma.strategies.records import decode, encode
 
 
 def test_round_trip_keeps_values_shapes_and_order():

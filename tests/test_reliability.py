@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import REPO
 
-from fedgma.local_flower import LocalFlower
+from fedgma.tools.local_flower import LocalFlower
 from fedgma.checkpoint import load_checkpoint
 from fedgma.settings import ConfigError
 

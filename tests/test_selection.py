@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fedgma.experiments.grid import load_grid
-from fedgma.experiments.headline import headline_rows, selection_table, task_rows, with_holm
+from fedgma.tools.experiments.grid import load_grid
+from fedgma.tools.experiments.headline import headline_rows, selection_table, task_rows, with_holm
 
 TUNE = """
 description = "tiny tuning grid"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from fedgma.local_flower import LocalFlower
+from fedgma.tools.local_flower import LocalFlower
 from fedgma.model import build_model
 
 pytestmark = pytest.mark.simulation

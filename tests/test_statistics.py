@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedgma.experiments.statistics import holm, mean_interval, paired_comparison
+from fedgma.tools.experiments.statistics import holm, mean_interval, paired_comparison
 
 
 def test_paired_comparison_matches_scipy_on_known_inputs():

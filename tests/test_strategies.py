@@ -1,13 +1,18 @@
 """Strategies' aggregation with constructed replies (real Flower Messages)."""
 
+import random
+
 import numpy as np
 import pytest
-from conftest import error_reply, layers, reply, send
-from flwr.serverapp.strategy import FedAdam, FedAvg
+from conftest import error_reply, grid_with, layers, reply, send
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
-from fedgma.records import decode
+from fedgma.strategies.bounds import ReplyBounds
+from fedgma.strategies.records import decode, encode
 from fedgma.settings import STRATEGIES, ConfigError, Settings
-from fedgma.strategies import GMA, FedGMA, ReplyGuard, build_strategy
+from fedgma.registry import build_strategy
+from fedgma.strategies import GMA, FedGMA, ReplyGuard
 from fedgma.strategies.masking import sign_agreement, soft_mask
 
 
@@ -104,8 +109,6 @@ def test_random_mask_control_keeps_each_layers_count_at_random_places():
 
 def test_gma_over_a_robust_aggregator_masks_each_reply_before_it_aggregates():
     """GMA over FedMedian: the coordinate-wise median of the masked replies w_t + m * (w_k - w_t)."""
-    from flwr.serverapp.strategy import FedMedian
-
     reference, clients = global_and_clients(seed=3, k=5)
     strategy = GMA(FedMedian(min_available_nodes=1, min_train_nodes=1), tau=0.6, mask="soft")
     new, metrics = run_round(strategy, reference, clients, (1,) * 5, node_ids=tuple(range(1, 6)))
@@ -131,7 +134,7 @@ def test_fedgma_asks_clients_for_gradients_only_when_it_uses_them():
 
 def test_fedgma_rejects_reply_without_gradient():
     reference, clients = global_and_clients()
-    strategy = FedGMA(fedavg())
+    strategy = ReplyGuard(FedGMA(fedavg()))  # the guard screens against FedGMA's expected_records
     instructions = send(strategy, reference)
     replies = [reply(instructions[0], clients[0], 10, gradient=clients[0]), reply(instructions[1], clients[1], 10)]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -168,8 +171,8 @@ def test_gma_over_fedadam_feeds_the_masked_pseudo_gradient_to_adam():
     assert not all(np.allclose(got[n], unmasked[n]) for n in reference)
 
 
-@pytest.mark.parametrize("make", [lambda: ReplyGuard(fedavg()), lambda: GMA(fedavg(), tau=0.4),
-                                  lambda: FedGMA(fedavg(), direction="pseudo-gradient")])
+@pytest.mark.parametrize("make", [lambda: ReplyGuard(fedavg()), lambda: ReplyGuard(GMA(fedavg(), tau=0.4)),
+                                  lambda: ReplyGuard(FedGMA(fedavg(), direction="pseudo-gradient"))])
 def test_rejected_replies_do_not_change_the_result_of_the_others(make):
     reference, clients = global_and_clients()
     clean, _ = run_round(make(), reference, clients)
@@ -200,7 +203,7 @@ def test_clients_that_never_reply_count_as_failed():
 
 def test_no_valid_reply_keeps_the_previous_model():
     reference, clients = global_and_clients()
-    strategy = GMA(fedavg())
+    strategy = ReplyGuard(GMA(fedavg()))
     instructions = send(strategy, reference, node_ids=(1, 2))
     bad = {"w": clients[0]["w"], "b": np.full(3, np.nan, np.float32)}
     arrays, metrics = strategy.aggregate_train(1, [reply(instructions[0], bad, 10), error_reply(instructions[1])])
@@ -228,8 +231,8 @@ def test_registry_builds_every_combination(name, gma):
         return
     strategy = build_strategy(Settings.from_run_config({"strategy": name, "gma": gma}))
     assert isinstance(strategy, ReplyGuard)
-    assert isinstance(strategy, GMA) == gma
-    assert isinstance(strategy, FedGMA) == (name == "fedgma")
+    assert isinstance(strategy.strategy, GMA) == gma
+    assert isinstance(strategy.strategy, FedGMA) == (name == "fedgma")
     reference, clients = global_and_clients()
     arrays, metrics = run_round(strategy, reference, clients,
                                 gradients=clients if name == "fedgma" else None)
@@ -238,7 +241,7 @@ def test_registry_builds_every_combination(name, gma):
 
 def test_gma_keeps_the_clients_metrics_and_counts():
     reference, clients = global_and_clients()
-    _, metrics = run_round(GMA(fedavg(), tau=0.4), reference, clients, (10, 30, 60))
+    _, metrics = run_round(ReplyGuard(GMA(fedavg(), tau=0.4)), reference, clients, (10, 30, 60))
     assert metrics["train-loss"] == pytest.approx(1.0) and metrics["replies-accepted"] == 3
 
 
@@ -251,3 +254,50 @@ def test_strategy_constructors_validate():
         FedGMA(fedavg(), p=-0.1)
     with pytest.raises(ValueError, match="server_lr"):
         FedGMA(fedavg(), server_lr=-1.0)
+
+
+def _fraction_grid(node_ids):
+    grid = grid_with(node_ids)
+    grid.send_and_receive.return_value = []
+    return grid
+
+
+def test_the_guard_asks_for_partitions_only_when_reproducible_sampling_is_asked_for():
+    reference, _ = global_and_clients()
+    for reproducible, queries in ((False, 0), (True, 1)):
+        strategy = ReplyGuard(FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1),
+                              reproducible_sampling=reproducible)
+        grid = _fraction_grid(range(1, 7))
+        strategy.configure_train(1, encode(reference), ConfigRecord(), grid)
+        assert grid.send_and_receive.call_count == queries
+
+
+def test_reproducible_sampling_leaves_pythons_global_random_as_it_was():
+    reference, _ = global_and_clients()
+    strategy = ReplyGuard(GMA(FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1)),
+                          seed=4, reproducible_sampling=True)
+    random.seed(123)
+    before = random.getstate()
+    picked = [sorted(m.metadata.dst_node_id for m in
+                     strategy.configure_train(1, encode(reference), ConfigRecord(), _fraction_grid(range(1, 9))))
+              for _ in range(2)]
+    assert random.getstate() == before
+    assert picked[0] == picked[1] and len(picked[0]) == 4  # seeded from (seed, round): the same clients
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ReplyGuard(GMA(fedavg(), tau=0.5), bounds=ReplyBounds(max_examples=20, max_update_norm=0.05)),
+    lambda: ReplyGuard(GMA(FedMedian(min_available_nodes=1, min_train_nodes=1), tau=0.5)),
+    lambda: ReplyGuard(FedGMA(fedavg(), direction="pseudo-gradient"), bounds=ReplyBounds(max_update_norm=0.05))])
+def test_no_strategy_edits_a_reply_it_received(make):
+    reference, clients = global_and_clients()
+    strategy = make()
+    instructions = send(strategy, reference)
+    replies = [reply(ins, w, n) for ins, w, n in zip(instructions, clients, (10, 30, 60))]
+    before = [(dict(next(iter(m.content.metric_records.values()))),
+               {k: bytes(a.data) for k, a in m.content["arrays"].items()}) for m in replies]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    after = [(dict(next(iter(m.content.metric_records.values()))),
+              {k: bytes(a.data) for k, a in m.content["arrays"].items()}) for m in replies]
+    assert after == before

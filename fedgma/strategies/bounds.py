@@ -11,21 +11,23 @@ client bound both; the papers' setups do not, so both bounds are off by default.
   FedGMA's gradient record, measured from 0, to c g_k (Flower's fixed-clipping
   rule, as its differential-privacy wrappers apply it).
 
-Each clipped reply is counted and named. The message content is rewritten in
-place before the wrapped strategy reads it, as Flower's own wrappers do.
+Each clipped reply is counted and named, and replaced by a copy that holds the
+clipped values (the received message is not edited).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MetricRecord
 
-from ..records import encode
-from .replies import NUM_EXAMPLES, WEIGHTS, AcceptedReply
+from .protocol import NUM_EXAMPLES, WEIGHTS, with_records
+from .records import encode
+from .replies import AcceptedReply
 
 
 def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray] | None) -> float:
@@ -60,29 +62,30 @@ class ReplyBounds:
                 raise ValueError(f"ReplyBounds {name} must be a finite number >= 0 (0 = off), got {value}")
 
     def apply(self, replies: list[AcceptedReply], reference: dict[str, np.ndarray],
-              label: Callable[[Message], str]) -> list[str]:
-        """Clip every reply that exceeds a bound, in place; one note per clipped reply."""
-        notes = []
+              label: Callable[[Message], str]) -> tuple[list[AcceptedReply], list[str]]:
+        """The replies with every one that exceeds a bound replaced by its clipped copy; one note per clip."""
+        bounded, notes = [], []
         for reply in replies:
-            clipped = []
+            clipped, changes = [], {}
             if self.max_examples and reply.num_examples > self.max_examples:
                 clipped.append(f"claimed {reply.num_examples:g} examples, counted as {self.max_examples:g} "
                                "(max-examples)")
-                reply.num_examples = self.max_examples
-                next(iter(reply.message.content.metric_records.values()))[NUM_EXAMPLES] = self.max_examples
+                name, metrics = next(iter(reply.message.content.metric_records.items()))
+                changes[name] = MetricRecord(dict(metrics) | {NUM_EXAMPLES: self.max_examples})
+                reply = dataclasses.replace(reply, num_examples=self.max_examples)
             if self.max_update_norm:
-                clipped += self._clip_norm(reply, reference)
+                arrays = dict(reply.arrays)
+                for key, layers in reply.arrays.items():
+                    base = reference if key == WEIGHTS else None
+                    norm = update_norm(layers, base)
+                    if norm > self.max_update_norm:
+                        clipped.append(f"'{key}' update norm {norm:.4g} scaled to {self.max_update_norm:g} "
+                                       "(max-update-norm)")
+                        arrays[key] = scale_towards(layers, base, self.max_update_norm / norm)
+                        changes[key] = encode(arrays[key])
+                reply = dataclasses.replace(reply, arrays=arrays)
             if clipped:
+                reply = dataclasses.replace(reply, message=with_records(reply.message, changes))
                 notes.append(f"{label(reply.message)} clipped: " + "; ".join(clipped))
-        return notes
-
-    def _clip_norm(self, reply: AcceptedReply, reference: dict[str, np.ndarray]) -> list[str]:
-        clipped = []
-        for key, arrays in reply.arrays.items():
-            base = reference if key == WEIGHTS else None
-            norm = update_norm(arrays, base)
-            if norm > self.max_update_norm:
-                clipped.append(f"'{key}' update norm {norm:.4g} scaled to {self.max_update_norm:g} (max-update-norm)")
-                reply.arrays[key] = scale_towards(arrays, base, self.max_update_norm / norm)
-                reply.message.content[key] = encode(reply.arrays[key])
-        return clipped
+            bounded.append(reply)
+        return bounded, notes

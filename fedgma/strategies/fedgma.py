@@ -25,31 +25,30 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
-from ..records import encode
-from .guard import ReplyGuard, check_choice, check_fraction
+from .arguments import check_choice, check_fraction
 from .masking import (STEP_CONTROLS, MaskedLayer, control_masks, fedgma_direction, fedgma_step, hard_mask,
                       mask_statistics)
-from .replies import GRADIENT, NUM_EXAMPLES, WEIGHTS, AcceptedReply
-
-#: Train-config flag that asks the ClientApp for its last local gradient.
-SEND_GRADIENT = "send-gradient"
+from .protocol import GRADIENT, SEND_GRADIENT, WEIGHTS
+from .records import decode, encode
+from .replies import read_replies
 
 #: Stream id of the random-mask control's generator, apart from every other use of the seed.
 _CONTROL_STREAM = 2_000_001
 
 
-class FedGMA(ReplyGuard):
+class FedGMA(Strategy):
     """FedGMA (workshop version): FedAvg plus a masked server gradient step.
 
-    Client sampling and federated evaluation are FedAvg's; only the train
-    aggregation differs. Failed and malformed replies are screened out first
-    (see :class:`ReplyGuard`).
+    Client sampling, configuration and federated evaluation are those of the
+    wrapped FedAvg; only the train aggregation differs. Replies with an error are
+    left out (as Flower's FedAvg does); for screening of malformed replies,
+    counts and resumption wrap it in :class:`~fedgma.strategies.ReplyGuard`.
 
     Parameters
     ----------
-    fedavg : FedAvg
+    strategy : FedAvg
         Supplies client sampling, train/evaluate configuration and metric averaging.
     p : float (default: 0.7)
         Hard-mask threshold on the sign agreement (paper: 0.8; the seed
@@ -67,40 +66,54 @@ class FedGMA(ReplyGuard):
         "uniform-step" (every coordinate, scaled by the round's mask density) or
         "random-mask" (a random mask with the sign mask's per-layer density,
         drawn from (seed, round)).
-    **guard
-        ``seed`` and ``min_accepted_fraction`` of :class:`ReplyGuard`.
+    seed : int (default: 0)
+        Seeds the random-mask control.
     """
 
-    def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4,
-                 direction: str = "gradient", weighted_agreement: bool = False, control: str = "none",
-                 **guard) -> None:
-        super().__init__(fedavg, **guard)
+    def __init__(self, strategy: FedAvg, p: float = 0.7, server_lr: float = 1e-4, direction: str = "gradient",
+                 weighted_agreement: bool = False, control: str = "none", seed: int = 0) -> None:
+        if not isinstance(strategy, FedAvg):
+            raise TypeError(f"FedGMA's step is defined over FedAvg's weighted mean; got {type(strategy).__name__}")
         if server_lr < 0:
             raise ValueError(f"FedGMA server_lr must be >= 0, got {server_lr}")
+        self.strategy = strategy
         self.p = check_fraction("FedGMA threshold p", p)
         self.server_lr = server_lr
         self.direction = check_choice("FedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.weighted_agreement = weighted_agreement
         self.control = check_choice("FedGMA control", control, STEP_CONTROLS)
-        self.expected_records = (WEIGHTS, GRADIENT) if direction == "gradient" else (WEIGHTS,)
+        self.seed = seed
+        self._current: dict[str, np.ndarray] = {}  # this round's global arrays w_t
+
+    @property
+    def expected_records(self) -> tuple[str, ...]:
+        """The ArrayRecords of every train reply (read by ReplyGuard's screening)."""
+        return (WEIGHTS, GRADIENT) if self.direction == "gradient" else (WEIGHTS,)
+
+    def __repr__(self) -> str:
+        return f"FedGMA({type(self.strategy).__name__})"
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedGMA: hard mask p %s, server lr %s, masks the %s, %s agreement%s", self.p,
             self.server_lr, self.direction, "example-weighted" if self.weighted_agreement else "unweighted",
             "" if self.control == "none" else f"; control: {self.control} instead of the sign mask")
-        super().summary()
+        self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self._current = decode(arrays)
         config[SEND_GRADIENT] = self.direction == "gradient"
-        return super().configure_train(server_round, arrays, config, grid)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_accepted(self, server_round: int,
-                           replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = read_replies(replies, self.strategy.weighted_by_key)
+        if not replies:
+            return None, None
         weights = [r.num_examples for r in replies]
         sign_weights = weights if self.weighted_agreement else None
         parts = {}
-        for name, reference in self.current_arrays.items():
+        for name, reference in self._current.items():
             gradients = [r.arrays[GRADIENT][name] for r in replies] if self.direction == "gradient" else None
             parts[name] = fedgma_direction(reference, [r.arrays[WEIGHTS][name] for r in replies], weights,
                                            gradients, sign_weights)
@@ -109,6 +122,14 @@ class FedGMA(ReplyGuard):
         steps = control_masks(masks, self.control, rng)
         layers = {name: MaskedLayer(fedgma_step(part, steps[name], self.server_lr), part.mean_weights, masks[name],
                                     part.agreement) for name, part in parts.items()}
-        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
+        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies],
+                                                      self.strategy.weighted_by_key)
         return (encode({name: layer.weights for name, layer in layers.items()}),
-                MetricRecord(dict(metrics) | mask_statistics(self.current_arrays, layers)))
+                MetricRecord(dict(metrics) | mask_statistics(self._current, layers)))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)

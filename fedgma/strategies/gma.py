@@ -19,30 +19,41 @@ again, the wrapper computes that masked mean once and hands the wrapped strategy
 a single reply holding it, with the clients' total ``num-examples`` and their
 already averaged metrics: a weighted mean of one reply is that reply, so the
 result is the same and the aggregation costs about as much as FedAvg's own (see
-fedgma.bench). Every other strategy (median, trimmed mean, Krum, MultiKrum,
+fedgma.tools.bench). Every other strategy (median, trimmed mean, Krum, MultiKrum,
 Bulyan, q-FedAvg) looks at the replies one by one, so it gets each client's
 masked reply, as Flower's own differential-privacy wrappers hand on clipped ones.
+Either way the wrapped strategy gets new messages: the received replies are not
+edited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import ArrayRecord, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
-from ..records import encode
-from .guard import ReplyGuard, check_choice, check_fraction
-from .masking import apply_mask_to_update, gma_layer, mask_statistics
-from .replies import NUM_EXAMPLES, WEIGHTS, AcceptedReply
+from .arguments import check_choice, check_fraction
+from .masking import MaskedLayer, apply_mask_to_update, gma_layer, mask_statistics
+from .protocol import METRICS, WEIGHTS, with_content, with_records
+from .records import decode, encode
+from .replies import AcceptedReply, read_replies
 
 #: Strategies whose server update starts from the weighted mean of the replies (and nothing else of them).
 AVERAGING = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 
 
-class GMA(ReplyGuard):
+class GMA(Strategy):
     """Gradient-masked averaging (journal version) wrapped around a strategy.
+
+    A wrapper in the shape of Flower's differential-privacy wrappers: sampling,
+    configuration and evaluation are the wrapped strategy's; the train replies are
+    masked before it aggregates them. Replies with an error are left out; for
+    screening, counts and resumption wrap it in :class:`~fedgma.strategies.ReplyGuard`.
 
     Parameters
     ----------
@@ -58,51 +69,68 @@ class GMA(ReplyGuard):
     weighted_agreement : bool (default: False)
         Weight each client's sign by its number of examples (declearn's option)
         instead of counting clients equally (the paper).
-    **guard
-        ``seed`` and ``min_accepted_fraction`` of :class:`ReplyGuard`.
     """
 
     def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
-                 weighted_agreement: bool = False, **guard) -> None:
+                 weighted_agreement: bool = False) -> None:
         if not isinstance(strategy, FedAvg):
             raise TypeError(f"GMA wraps Flower's Message-API strategies (subclasses of FedAvg, whose replies "
                             f"hold the client's weights); got {type(strategy).__name__}")
-        super().__init__(strategy, **guard)
+        self.strategy = strategy
         self.tau = check_fraction("GMA threshold tau", tau)
         self.mask = check_choice("GMA mask", mask, ("soft", "hard"))
         self.weighted_agreement = weighted_agreement
+        self._current: dict[str, np.ndarray] = {}  # this round's global arrays w_t
+
+    def __repr__(self) -> str:
+        return f"GMA({type(self.strategy).__name__})"
 
     def summary(self) -> None:
         log(INFO, "\t├──> GMA: %s mask, tau %s, %s agreement", self.mask, self.tau,
             "example-weighted" if self.weighted_agreement else "unweighted")
-        super().summary()
+        self.strategy.summary()
 
-    def aggregate_accepted(self, server_round: int,
-                           replies: list[AcceptedReply]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._current = decode(arrays)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = read_replies(replies, self.strategy.weighted_by_key)
+        if not replies:
+            return None, None
         weights = [r.num_examples for r in replies]
         sign_weights = weights if self.weighted_agreement else None
         layers = {name: gma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau,
                                   self.mask, sign_weights)
-                  for name, reference in self.current_arrays.items()}
-        if type(self.strategy) not in AVERAGING:
-            return self._aggregate_one_by_one(server_round, replies, layers)
-        aggregate = replies[0].message  # reused as the carrier of the masked mean
-        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], NUM_EXAMPLES)
-        for key in list(aggregate.content.metric_records):
-            del aggregate.content[key]
-        aggregate.content[WEIGHTS] = encode({name: layer.weights for name, layer in layers.items()})
-        aggregate.content["metrics"] = MetricRecord(dict(metrics) | {NUM_EXAMPLES: sum(weights)})
-        log(INFO, "GMA: masked mean of %d replies goes to %s as one aggregate", len(replies),
-            type(self.strategy).__name__)
-        arrays, inner_metrics = self.strategy.aggregate_train(server_round, [aggregate])
-        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(self.current_arrays, layers))
+                  for name, reference in self._current.items()}
+        if type(self.strategy) in AVERAGING:
+            handed_on = [self._masked_mean(replies, layers)]
+            log(INFO, "GMA: masked mean of %d replies goes to %s as one aggregate", len(replies),
+                type(self.strategy).__name__)
+        else:
+            handed_on = [self._masked_reply(reply, layers) for reply in replies]
+        arrays, inner_metrics = self.strategy.aggregate_train(server_round, handed_on)
+        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(self._current, layers))
 
-    def _aggregate_one_by_one(self, server_round: int, replies: list[AcceptedReply],
-                              layers: dict) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Each reply's weights replaced by w_t + m * (w_k - w_t), then the wrapped strategy's own aggregation."""
-        for reply in replies:
-            reply.message.content[WEIGHTS] = encode({
-                name: apply_mask_to_update(reference, reply.arrays[WEIGHTS][name], layers[name].mask)
-                for name, reference in self.current_arrays.items()})
-        arrays, inner_metrics = self.strategy.aggregate_train(server_round, [r.message for r in replies])
-        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(self.current_arrays, layers))
+    def _masked_mean(self, replies: list[AcceptedReply], layers: dict[str, MaskedLayer]) -> Message:
+        """One reply holding the masked mean, the clients' total weight and their averaged metrics."""
+        key = self.strategy.weighted_by_key
+        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], key)
+        content = RecordDict({WEIGHTS: encode({name: layer.weights for name, layer in layers.items()}),
+                              METRICS: MetricRecord(dict(metrics) | {key: sum(r.num_examples for r in replies)})})
+        return with_content(replies[0].message, content)
+
+    def _masked_reply(self, reply: AcceptedReply, layers: dict[str, MaskedLayer]) -> Message:
+        """The reply with its weights replaced by w_t + m * (w_k - w_t)."""
+        return with_records(reply.message, {WEIGHTS: encode({
+            name: apply_mask_to_update(reference, reply.arrays[WEIGHTS][name], layers[name].mask)
+            for name, reference in self._current.items()})})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)

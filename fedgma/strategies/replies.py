@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -23,13 +23,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from ..records import decode
-
-NUM_EXAMPLES = "num-examples"
-WEIGHTS = "arrays"  # Flower's default ArrayRecord key for model weights
-GRADIENT = "gradient"  # the extra ArrayRecord FedGMA asks clients for
-CLIENT = "client"  # ConfigRecord in which our ClientApp names its partition (for a fixed aggregation order)
-PARTITION_ID = "partition-id"
+from .protocol import CLIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
+from .records import decode
 
 #: Bounds on what one client can make the server record: a reason is cut to MAX_REASON characters; a reply
 #: with more than MAX_METRICS metrics, or a metric name longer than MAX_METRIC_NAME, is rejected. Without
@@ -133,15 +128,21 @@ def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: 
     if len(content.metric_records) != 1:
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
+    num_examples = check_num_examples(metrics.get(NUM_EXAMPLES))
+    check_metrics(metrics)
+    return AcceptedReply(message, arrays, num_examples)
+
+
+def check_metrics(metrics: Mapping[str, object]) -> None:
+    """ValueError unless the metrics are few, briefly named, and every number among them is finite (the legacy
+    API also allows text and bytes, which pass)."""
     if len(metrics) > MAX_METRICS or any(len(name) > MAX_METRIC_NAME for name in metrics):
         raise ValueError(f"it reports {len(metrics)} metrics, names up to {max(map(len, metrics))} characters; "
                          f"at most {MAX_METRICS} metrics with names of at most {MAX_METRIC_NAME} are recorded")
-    num_examples = check_num_examples(metrics.get(NUM_EXAMPLES))
     for name, value in metrics.items():
         values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) for v in values if isinstance(v, (int, float))):
             raise ValueError(f"metric '{name}' is not finite: {value!r}")
-    return AcceptedReply(message, arrays, num_examples)
 
 
 def check_arrays(key: str, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -171,3 +172,34 @@ def reported_partition(message: Message) -> int | None:
         return None
     value = message.content.config_records[CLIENT].get(PARTITION_ID)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+#: What a legacy ``ClientApp(client_fn=...)`` answers to a Message-API train or evaluate message.
+LEGACY_CLIENT_SIGNS = ("fitins.parameters", "evaluateins.parameters")
+
+
+def diagnose_api_mismatch(screened: ScreenedReplies) -> str | None:
+    """The likely cause and fix when every reply failed because the client speaks the legacy API."""
+    if screened.accepted or not screened.failed or not any(
+            sign in reason for reason in screened.reasons for sign in LEGACY_CLIENT_SIGNS):
+        return None
+    return ("every client failed with KeyError 'fitins.parameters': the ClientApp is a legacy "
+            "ClientApp(client_fn=...) serving a NumPyClient, which cannot answer this Message-API strategy. "
+            "Build it with `app = fedgma.clientapp_from_numpy_client(client_fn)` instead of "
+            "`ClientApp(client_fn=client_fn)`.")
+
+
+def read_replies(replies: Iterable[Message], weighted_by_key: str = NUM_EXAMPLES) -> list[AcceptedReply]:
+    """The replies without an error, each with its ArrayRecords decoded (views, no copy) and its weight.
+
+    No screening: a strategy reads its replies with this after :class:`~fedgma.strategies.ReplyGuard` has
+    screened them (or trusts them, as Flower's own strategies do).
+    """
+    read = []
+    for message in replies:
+        if message.has_error():
+            continue
+        metrics = next(iter(message.content.metric_records.values()))
+        read.append(AcceptedReply(message, {key: decode(record) for key, record in message.content.array_records.items()},
+                                  float(metrics[weighted_by_key])))
+    return read

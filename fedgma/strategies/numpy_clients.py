@@ -34,8 +34,7 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from .strategies.fedgma import SEND_GRADIENT
-from .strategies.replies import CLIENT, GRADIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
+from .protocol import CLIENT, GRADIENT, METRICS, NUM_EXAMPLES, PARTITION_ID, SEND_GRADIENT, WEIGHTS
 
 ClientFn = Callable[[Context], NumPyClient]
 
@@ -61,7 +60,7 @@ class NumPyClientAdapter:
         config = _plain_config(msg)
         weights, num_examples, metrics = _check_triple(client.fit(parameters, config), client, "fit")
         content = RecordDict({WEIGHTS: _pack(names, weights, client, "fit"),
-                              "metrics": _metric_record(num_examples, metrics, client)})
+                              METRICS: _metric_record(num_examples, metrics, client)})
         if config.get(SEND_GRADIENT, False):
             gradient = getattr(client, "last_gradient", None)
             if gradient is None:
@@ -78,7 +77,7 @@ class NumPyClientAdapter:
         loss, num_examples, metrics = _check_triple(client.evaluate(parameters, _plain_config(msg)), client,
                                                     "evaluate")
         record = _metric_record(num_examples, {"local-loss": loss} | dict(metrics), client)
-        return self._reply(msg, RecordDict({"metrics": record}), context)
+        return self._reply(msg, RecordDict({METRICS: record}), context)
 
     def query(self, msg: Message, context: Context) -> Message:
         """The node's partition id, asked once by the server when it samples clients."""

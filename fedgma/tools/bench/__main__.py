@@ -1,11 +1,11 @@
 """Benchmark: Flower simulation vs the bare PyTorch loop, aggregation cost, scaling.
 
-    python -m fedgma.bench --data-dir ../shared/data/mnist            # defaults: about 13 minutes here
-    python -m fedgma.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (about 2 minutes)
+    python -m fedgma.tools.bench --data-dir ../shared/data/mnist            # defaults: about 13 minutes here
+    python -m fedgma.tools.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (about 2 minutes)
 
 Measured side by side in one run, on the same data, model and local training:
 
-1. round time of the bare loop (``fedgma.bare_loop``: clients trained one after
+1. round time of the bare loop (``fedgma.tools.bare_loop``: clients trained one after
    another in this process, then FedAvg; the compute floor) and of ``flwr run``
    with FedAvg and with FedGMA (Ray, ``client-resources-num-cpus=1``); median of
    the rounds after the first, the first round's extra cost, and the launch
@@ -15,7 +15,7 @@ Measured side by side in one run, on the same data, model and local training:
 4. the RSS of the whole process tree at the end of every round of a longer,
    light simulation, to show whether memory grows with rounds;
 5. training throughput per core in fp32 and bf16 against the same core's
-   matrix-multiplication ceiling (``fedgma.bench.throughput``);
+   matrix-multiplication ceiling (``fedgma.tools.bench.throughput``);
 6. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
    comparison's setup with 0.1, 0.25 and 0.5 GPU per client (seconds per round,
    ratio to the bare loop on the same GPU, GPU memory of one client process), and
@@ -43,16 +43,16 @@ import torch
 from flwr.common.logger import FLOWER_LOGGER
 
 from ..bare_loop import run_bare_loop
-from ..machine import machine
-from ..outputs import versions
-from ..settings import Settings
-from ..training import resolve_device
+from fedgma.machine import machine, resolve_device
+from fedgma.outputs import versions
+from fedgma.settings import Settings
+
 from . import throughput
 from .aggregation import STRATEGIES, time_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def round_summary(seconds: list[float]) -> dict[str, float]:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             "num-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
             "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
             "fraction-train": 1.0, "device": args.device}
-    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.bench", *sys.argv[1:]]),
+    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench", *sys.argv[1:]]),
                               "machine": machine(), "versions": versions(), "config": base,
                               "clients": args.clients, "cpus_per_client": args.cpus_per_client,
                               "gpus_per_client": args.gpus_per_client, "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -1,4 +1,4 @@
-"""Experiment grids, plots and results tables: ``python -m fedgma.experiments <command>``.
+"""Experiment grids, plots and results tables: ``python -m fedgma.tools.experiments <command>``.
 
     list                      the grids and their runs, with each run's state
     run GRID... --data-dir D  run grids one after the other through ``flwr run``, skipping finished runs
@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 from ..local_flower import LocalFlower, run_config_arg
-from ..settings import ConfigError, Settings
+from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
 from .headline import headline_rows, selection_table, task_rows, with_holm
 from .headline import to_csv as headline_csv
@@ -193,7 +193,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedgma.tools.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where grids write runs (default: results/)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..data import ColoredData
-from ..allocator import keep_freed_memory
-from ..model import build_model, seed_layer_order
-from ..training import prepare_model, train_local
+from fedgma.data import ColoredData
+from fedgma.allocator import keep_freed_memory
+from fedgma.model import build_model, seed_layer_order
+from fedgma.training import prepare_model, train_local
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -119,7 +119,7 @@ def measure(images: int = 600, n: int = 2048, repeats: int = 3) -> dict[str, Any
         torch.set_num_threads(threads)
 
 
-if __name__ == "__main__":  # python -m fedgma.bench.throughput: this part of the benchmark alone (about a minute)
+if __name__ == "__main__":  # python -m fedgma.tools.bench.throughput: this part of the benchmark alone (about a minute)
     import json
 
     from .report import print_throughput

@@ -3,9 +3,11 @@
 For users whose server code uses ``flwr.server.strategy`` (legacy) strategies:
 the same settings, data, model, NumPyClient, central evaluation and outputs
 (``metrics.json``, ``metrics.csv``, ``model.pt``, ``accuracy.png``) as the main
-app, with the legacy strategies of :mod:`fedgma.compat`. Run it with the app in
-``examples/legacy/`` (README: "Legacy server apps"). Resuming is a Message-API
-feature: the legacy round loop cannot start at a later round.
+app, with the legacy strategies of :mod:`fedgma.legacy.strategies` and the
+strategy table of :mod:`fedgma.registry`. Run it with the app in
+``examples/legacy/``. Resuming is a Message-API feature (the legacy round loop
+cannot start at a later round), so ``resume=true`` is refused before round 1 and
+no checkpoint is written.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.client import ClientApp
 from flwr.common import ndarrays_to_parameters
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
-from .client_app import client_fn as message_client_fn
-from .compat import APPEND_GRADIENT, LegacyFedGMA, LegacyGMA, LegacyGuard
-from .model import build_model
-from .numpy_client import ColoredMnistClient
-from .outputs import RunRecorder, resolve_output_dir
-from .server_app import CentralEvaluation
-from .settings import LEGACY_STRATEGIES, ConfigError, Settings
-from .strategies.replies import PARTITION_ID
-from .training import prepare_model, resolve_device
+from ..client_app import client_fn as colored_mnist_client_fn
+from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID, PROXIMAL_MU, SERVER_ROUND
+
+from ..registry import LEGACY_CLASSES, build_legacy_inner
+from .strategies import LegacyFedGMA, LegacyGMA, LegacyGuard
+from ..model import build_model
+from ..numpy_client import ColoredMnistClient
+from ..outputs import RunRecorder, resolve_output_dir
+from ..evaluation import CentralEvaluation
+from ..settings import ConfigError, Settings
+from ..machine import resolve_device
+from ..training import prepare_model
 
 
 class LegacyColoredMnistClient(ColoredMnistClient):
@@ -34,7 +38,7 @@ class LegacyColoredMnistClient(ColoredMnistClient):
     legacy FedProx's ``proximal_mu`` under this app's key."""
 
     def fit(self, parameters, config):
-        config = dict(config) | ({"proximal-mu": config["proximal_mu"]} if "proximal_mu" in config else {})
+        config = dict(config) | ({PROXIMAL_MU: config["proximal_mu"]} if "proximal_mu" in config else {})
         weights, num_examples, metrics = super().fit(parameters, config)
         if config.get(APPEND_GRADIENT):
             weights = weights + self.last_gradient
@@ -42,30 +46,19 @@ class LegacyColoredMnistClient(ColoredMnistClient):
 
 
 def legacy_client_fn(context: Context):
-    message = message_client_fn(context)
-    client = LegacyColoredMnistClient(message.settings, message.partition_id, message.model, message.data)
-    return client.to_client()
+    return colored_mnist_client_fn(context, LegacyColoredMnistClient).to_client()
 
 
 def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluate_fn) -> LegacyGuard:
     """The legacy strategy named by ``settings.strategy`` (+ GMA if ``settings.gma``), screened."""
-    if settings.strategy not in LEGACY_STRATEGIES:
+    if settings.strategy not in LEGACY_CLASSES:
         raise ConfigError(f"Run-config key 'strategy' = {settings.strategy!r} is offered by the Message-API app only; "
-                          f"the legacy server app has {', '.join(LEGACY_STRATEGIES)}.")
-    common = dict(fraction_fit=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
-                  min_fit_clients=1, min_evaluate_clients=1, min_available_clients=settings.min_available_nodes,
-                  evaluate_fn=evaluate_fn, initial_parameters=ndarrays_to_parameters(initial),
-                  on_fit_config_fn=lambda server_round: {"server-round": server_round})
-    fedopt = dict(eta=settings.fedopt_eta, eta_l=settings.lr, tau=settings.fedopt_tau)
-    betas = dict(beta_1=settings.fedopt_beta1, beta_2=settings.fedopt_beta2)
-    inner = {
-        "fedavg": lambda: FedAvg(**common), "fedgma": lambda: FedAvg(**common),
-        "fedprox": lambda: FedProx(**common, proximal_mu=settings.proximal_mu),
-        "fedavgm": lambda: FedAvgM(**common, server_learning_rate=settings.server_momentum_lr,
-                                   server_momentum=settings.server_momentum),
-        "fedadam": lambda: FedAdam(**common, **fedopt, **betas), "fedyogi": lambda: FedYogi(**common, **fedopt, **betas),
-        "fedadagrad": lambda: FedAdagrad(**common, **fedopt),
-    }[settings.strategy]()
+                          f"the legacy server app has {', '.join(LEGACY_CLASSES)}.")
+    inner = build_legacy_inner(settings, fraction_fit=settings.fraction_train,
+                               fraction_evaluate=settings.fraction_evaluate, min_fit_clients=1,
+                               min_evaluate_clients=1, min_available_clients=settings.min_available_nodes,
+                               evaluate_fn=evaluate_fn, initial_parameters=ndarrays_to_parameters(initial),
+                               on_fit_config_fn=lambda server_round: {SERVER_ROUND: server_round})
     weighted = settings.agreement_weighting == "examples"
     if settings.max_examples or settings.max_update_norm:
         raise ConfigError("Run-config keys 'max-examples' and 'max-update-norm' are applied by the Message-API app "
@@ -83,6 +76,10 @@ def build_legacy_strategy(settings: Settings, initial: list[np.ndarray], evaluat
 
 def server_fn(context: Context) -> ServerAppComponents:
     settings = Settings.from_run_config(context.run_config)
+    if settings.resume:
+        raise ConfigError("Run-config key 'resume' is true, but the legacy server app cannot resume (Flower's legacy "
+                          "round loop always starts at round 1); resume with the Message-API app "
+                          "(fedgma.server_app), or start the run again in a new 'output-dir'.")
     recorder = RunRecorder(resolve_output_dir(settings), settings)
     initial_model = build_model(settings.task, seed=settings.seed)
     names = list(initial_model.state_dict())
@@ -97,7 +94,7 @@ def server_fn(context: Context) -> ServerAppComponents:
 
     strategy = build_legacy_strategy(settings, initial, evaluate_fn)
     model = prepare_model(build_model(settings.task), resolve_device(settings.device))
-    central.append(CentralEvaluation(settings, model, strategy, recorder))
+    central.append(CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=None))
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=settings.num_rounds,
                                                                       round_timeout=settings.round_timeout))
 

@@ -1,6 +1,6 @@
 """Finding, measuring and stopping the processes a run, benchmark or test started, by PID.
 
-Shared by :mod:`fedgma.local_flower` (``flwr run`` in an isolated local
+Shared by :mod:`fedgma.tools.local_flower` (``flwr run`` in an isolated local
 Flower), the deployment tool, the experiment runner, the benchmark and the
 tests. The process table is read through ``psutil``.
 """

@@ -3,9 +3,12 @@
 For server apps written with ``ServerApp(server_fn=...)`` and the legacy
 strategies (all of Flower's published baselines). Same math as the Message-API
 strategies (the per-layer functions of :mod:`fedgma.strategies.masking`) and the
-same screening (:func:`~fedgma.strategies.replies.check_arrays`,
-:func:`~fedgma.strategies.replies.check_num_examples`): failures and malformed
-results are counted with their reasons and never aggregated.
+same reply checks (:func:`~fedgma.strategies.replies.check_arrays`,
+:func:`~fedgma.strategies.replies.check_metrics`,
+:func:`~fedgma.strategies.replies.check_num_examples`, counted in a
+:class:`~fedgma.strategies.replies.ScreenedReplies`): failures and malformed
+results are counted with their reasons and never aggregated. The legacy round loop
+cannot start at a later round, so these strategies keep no resumable state.
 
 * :class:`LegacyGMA` wraps FedAvg, FedProx, FedAvgM, FedAdam, FedYogi or FedAdagrad
   (legacy): it hands the wrapped strategy one result holding the masked mean
@@ -29,11 +32,10 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, Strategy
 
-from .strategies.masking import fedgma_layer, gma_layer, mask_statistics
-from .strategies.replies import PARTITION_ID, ScreenedReplies, check_arrays, check_num_examples, short_reason
-
-#: Fit-config flag that asks a legacy client to append its last local gradient to its weights.
-APPEND_GRADIENT = "append-gradient"
+from fedgma.strategies.masking import fedgma_layer, gma_layer, mask_statistics
+from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
+from fedgma.strategies.replies import (ScreenedReplies, check_arrays, check_metrics, check_num_examples,
+                                       short_reason)
 
 Result = tuple[ClientProxy, FitRes]
 
@@ -51,16 +53,12 @@ class LegacyGuard(Strategy):
         self.strategy = strategy
         self.current: list[np.ndarray] = []
         self.sent = 0
-        self.round_offset = 0  # the legacy path has no resume; kept for the shared bookkeeping
         self.train_metrics: dict[int, dict[str, Scalar]] = {}
         self.evaluate_metrics: dict[int, dict[str, Scalar]] = {}
         self.notes: dict[int, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.strategy).__name__})"
-
-    def state(self) -> dict[str, Any]:
-        return {}
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.strategy.initialize_parameters(client_manager)
@@ -122,6 +120,7 @@ class LegacyGuard(Strategy):
                 check_arrays("parameters", dict(zip(names, arrays)), reference)
                 if self.arrays_per_layer == 2:
                     check_arrays("gradient", dict(zip(names, arrays[len(names):])), reference)
+                check_metrics(fit_res.metrics)
                 check_num_examples(fit_res.num_examples)
                 accepted.append(((proxy, fit_res), arrays))
             except ValueError as problem:

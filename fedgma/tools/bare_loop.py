@@ -3,10 +3,10 @@
 The structure of the seed repository's script: every round, each sampled client
 trains sequentially from the global weights, then the server averages (FedAvg)
 with the same NumPy function the strategies use. It runs the same data, model and
-local training as the ClientApp, so ``fedgma.bench`` can compare a Flower round
+local training as the ClientApp, so ``fedgma.tools.bench`` can compare a Flower round
 with this loop side by side; it is also a quick way to try hyper-parameters.
 
-    python -m fedgma.bare_loop --clients 10 --rounds 5 --run-config "data-dir='../shared/data/mnist'"
+    python -m fedgma.tools.bare_loop --clients 10 --rounds 5 --run-config "data-dir='../shared/data/mnist'"
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from collections.abc import Callable
 import torch
 from flwr.common.config import parse_config_args
 
-from .data import client_data, test_sets
-from .model import build_model
-from .settings import Settings
-from .strategies.masking import weighted_mean
-from .training import evaluate, prepare_model, resolve_device, shuffle_seed, train_local
+from fedgma.data import client_data, test_sets
+from fedgma.model import build_model
+from fedgma.settings import Settings
+from fedgma.strategies.masking import weighted_mean
+from fedgma.machine import resolve_device
+from fedgma.training import evaluate, prepare_model, shuffle_seed, train_local
 
 
 def run_bare_loop(settings: Settings, num_clients: int, evaluate_each_round: bool = True,

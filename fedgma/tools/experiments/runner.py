@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..local_flower import LocalFlower
-from ..checkpoint import CHECKPOINT
-from ..settings import Settings
+from fedgma.checkpoint import CHECKPOINT
+from fedgma.settings import Settings
 from .grid import REPO, Grid, Run
 from .results import RunResult, configuration_of, load_runs
 

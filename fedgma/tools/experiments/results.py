@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..settings import DEFAULT_RUN_CONFIG
+from fedgma.settings import DEFAULT_RUN_CONFIG
 from .labels import configuration_label, short_value
 from .statistics import paired_comparison
 

@@ -1,10 +1,10 @@
-"""Deploy the app on real Flower processes: ``python -m fedgma.deploy <command>``.
+"""Deploy the app on real Flower processes: ``python -m fedgma.tools.deploy <command>``.
 
 One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
 
-    python -m fedgma.deploy up --nodes 2 --data-dir /path/to/mnist
+    python -m fedgma.tools.deploy up --nodes 2 --data-dir /path/to/mnist
     FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream --run-config "data-dir='/path/to/mnist'"
-    python -m fedgma.deploy down
+    python -m fedgma.tools.deploy down
 
 Several machines: ``certs`` on the SuperLink machine (name its host with --host),
 ``node-key`` on each SuperNode machine, then register each public key with
@@ -30,7 +30,7 @@ def up(args: argparse.Namespace) -> None:
         raise SystemExit(str(problem)) from None
     if deployment.pids:
         raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
-                         f"`python -m fedgma.deploy down --workdir {args.workdir}` first")
+                         f"`python -m fedgma.tools.deploy down --workdir {args.workdir}` first")
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
     try:
         deployment.start_superlink()
@@ -53,7 +53,7 @@ def up(args: argparse.Namespace) -> None:
     print(f"\nRun the app (ServerApp output streams here; ClientApp output is in the SuperNode logs):\n"
           f"  FLWR_HOME={deployment.cli_home} flwr run . {CONNECTION} --stream "
           f"--run-config \"data-dir='{data_dir}' min-available-nodes={args.nodes}\"\n"
-          f"Stop everything:\n  python -m fedgma.deploy down --workdir {args.workdir}")
+          f"Stop everything:\n  python -m fedgma.tools.deploy down --workdir {args.workdir}")
 
 
 def down(args: argparse.Namespace) -> None:
@@ -83,7 +83,7 @@ def register(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.deploy", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedgma.tools.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 

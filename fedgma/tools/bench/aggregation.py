@@ -16,9 +16,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from ..model import build_model
-from ..records import encode
-from ..strategies import GMA, FedGMA
+from fedgma.model import build_model
+from fedgma.strategies.records import encode
+from fedgma.strategies import GMA, FedGMA
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fedavg (Flower)": lambda: FedAvg(min_available_nodes=1, min_train_nodes=1),

@@ -203,10 +203,10 @@ def stop_local_superlink(flwr_home: Path) -> set[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedgma.local_flower stop-superlink``: the precise replacement for ``pkill -f flower-superlink``."""
+    """``python -m fedgma.tools.local_flower stop-superlink``: the precise replacement for ``pkill -f flower-superlink``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m fedgma.local_flower", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fedgma.tools.local_flower", description=main.__doc__)
     parser.add_argument("command", choices=["stop-superlink"])
     parser.add_argument("--flwr-home", type=Path, default=Path(os.environ.get("FLWR_HOME", "~/.flwr")),
                         help="the FLWR_HOME whose local SuperLink to stop (default: $FLWR_HOME or ~/.flwr)")

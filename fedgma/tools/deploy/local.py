@@ -21,7 +21,7 @@ SuperNodes and the SuperLink's Fleet API (:func:`default_transport`):
 
 Processes are started in their own sessions and keep running after ``up``
 returns; ``down`` (or :meth:`Deployment.stop`) stops them, and their children,
-by PID. ``python -m fedgma.deploy --help`` is the command-line front end.
+by PID. ``python -m fedgma.tools.deploy --help`` is the command-line front end.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Experiment grids as data: a base configuration, the keys that vary, the seeds.
 
-A grid is a TOML file in ``fedgma/experiments/grids/`` (or any path)::
+A grid is a TOML file in ``fedgma/tools/experiments/grids/`` (or any path)::
 
     description = "FedAvg against FedGMA on the seed repository's setup"
     config-file = "configs/seed-repo.toml"   # optional, relative to the repository root
@@ -57,11 +57,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import ConfigError, Settings
+from fedgma.settings import ConfigError, Settings
 from .labels import short_value
 from .selection import CRITERIA, Candidate, candidates_of, select
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 GRIDS = Path(__file__).resolve().parent / "grids"
 RESULTS = REPO / "results"
 _GRID_KEYS = {"description", "config-file", "supernodes", "cpus-per-client", "config", "vary", "variants",
