@@ -126,3 +126,14 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     spec.write_text(f'[[task]]\nname = "tiny"\ngrid = "{final}"\n')
     all_rows, waiting, _ = headline_rows(results, spec)
     assert len(all_rows) == 4 and waiting == []
+
+
+def test_the_headline_quotes_every_published_table_with_its_source():
+    import tomllib
+
+    from fedgma.tools.experiments.headline import HEADLINE, published_markdown
+
+    config = tomllib.loads(HEADLINE.read_text())
+    text = published_markdown(config)
+    assert len(config["published"]) == 2 and "arXiv 1907.02893" in text and "DomainBed" in text
+    assert "| IRM | 66.9 ± 2.5 |" in text and "| optimum (the 25% label noise caps it) | 75.0 |" in text

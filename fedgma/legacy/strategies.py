@@ -32,6 +32,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, Strategy
 
+from fedgma.strategies.arguments import check_choice, check_fraction
 from fedgma.strategies.masking import fedgma_layer, gma_layer, mask_statistics
 from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
 from fedgma.strategies.replies import (ScreenedReplies, check_arrays, check_metrics, check_num_examples,
@@ -158,10 +159,10 @@ class LegacyGMA(LegacyGuard):
                  weighted_agreement: bool = False) -> None:
         if not isinstance(strategy, FedAvg):
             raise TypeError(f"LegacyGMA wraps legacy FedAvg-family strategies, got {type(strategy).__name__}")
-        if not 0.0 <= tau <= 1.0 or mask not in ("soft", "hard"):
-            raise ValueError(f"LegacyGMA needs tau in [0, 1] and mask 'soft' or 'hard', got {tau}, {mask!r}")
         super().__init__(strategy)
-        self.tau, self.mask, self.weighted_agreement = tau, mask, weighted_agreement
+        self.tau = check_fraction("LegacyGMA threshold tau", tau)
+        self.mask = check_choice("LegacyGMA mask", mask, ("soft", "hard"))
+        self.weighted_agreement = weighted_agreement
 
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
@@ -181,11 +182,12 @@ class LegacyFedGMA(LegacyGuard):
 
     def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4, direction: str = "gradient",
                  weighted_agreement: bool = False) -> None:
-        if not 0.0 <= p <= 1.0 or server_lr < 0 or direction not in ("gradient", "pseudo-gradient"):
-            raise ValueError(f"LegacyFedGMA needs p in [0, 1], server_lr >= 0 and direction 'gradient' or "
-                             f"'pseudo-gradient', got {p}, {server_lr}, {direction!r}")
+        if server_lr < 0:
+            raise ValueError(f"LegacyFedGMA server_lr must be >= 0, got {server_lr}")
         super().__init__(fedavg)
-        self.p, self.server_lr, self.direction, self.weighted_agreement = p, server_lr, direction, weighted_agreement
+        self.p = check_fraction("LegacyFedGMA threshold p", p)
+        self.direction = check_choice("LegacyFedGMA direction", direction, ("gradient", "pseudo-gradient"))
+        self.server_lr, self.weighted_agreement = server_lr, weighted_agreement
         self.arrays_per_layer = 2 if direction == "gradient" else 1
 
     def configure_fit(self, server_round, parameters, client_manager):

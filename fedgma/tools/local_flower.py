@@ -10,11 +10,10 @@ experiment runner and the tests use it.
 Flower keeps a local SuperLink's state in ``FLWR_HOME/local-superlink/state.db``,
 so a second local SuperLink started for the same FLWR_HOME (a ``flwr list`` run
 by hand with this FLWR_HOME but without its port variables) shares the run queue:
-its SuperExec claims about half of the runs submitted to the first one and starts
-them with its own settings. Reproduced here: such a SuperLink took 2 of 4 runs
-and started them with runtime dependency installation on, which this setup turns
-off (the likely cause of a grid's runs failing with Flower's exit code 608). So
-every :meth:`LocalFlower.run` first stops such SuperLinks and says so.
+its SuperExec claims some of the runs submitted to the first one and starts them
+with its own settings (runtime dependency installation on, for one; runs then fail
+with Flower's exit code 608). So every :meth:`LocalFlower.run` first stops such
+SuperLinks and says so.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark: Flower simulation vs the bare PyTorch loop, aggregation cost, scaling.
 
-    python -m fedgma.tools.bench --data-dir ../shared/data/mnist            # defaults: about 13 minutes here
-    python -m fedgma.tools.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (about 2 minutes)
+    python -m fedgma.tools.bench --data-dir ../shared/data/mnist            # defaults: 10 to 40 minutes on 2 CPU cores
+    python -m fedgma.tools.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (a few minutes)
 
 Measured side by side in one run, on the same data, model and local training:
 
@@ -104,7 +104,7 @@ def seed_experiment(flower: LocalFlower, data_dir: str, gpus_per_client: float, 
             **simulation(flower, config, 100, out / "seed-experiment", cpus_per_client, gpus_per_client)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="", help="folder with the four MNIST IDX .gz files ('' = torchvision)")
     parser.add_argument("--out", default="bench-results", help="folder for report.json and the plot")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scaling-k", default="10,100,1000",
                         help="clients per round for the scaling curve ('' skips this part)")
     parser.add_argument("--cpus-per-client", type=int, default=1,
-                        help="client-resources-num-cpus of the round-time simulations (1: two clients at once here)")
+                        help="client-resources-num-cpus of the round-time simulations")
     parser.add_argument("--memory-rounds", type=int, default=12,
                         help="rounds of a light 100-client FedAvg run that tracks RSS per round (0 skips)")
     parser.add_argument("--throughput-images", type=int, default=600,
@@ -134,12 +134,72 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-experiment", action="store_true",
                         help="on a GPU: also time configs/seed-repo.toml (50 rounds) end to end")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 10 clients, 2 rounds, small K")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _round_times(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any], out: Path,
+                 report: dict[str, Any]) -> None:
+    """The bare loop against ``flwr run`` with FedAvg and FedGMA (and, on a GPU, GPU sharing)."""
+    progress(f"round time, {args.clients} clients, {args.rounds} rounds: bare loop")
+    report["round_time"] = {"bare loop (fedavg)": bare(base | {"strategy": "fedavg"}, args.clients)}
+    for strategy in ("fedavg", "fedgma"):
+        progress(f"round time: flwr run simulation, {strategy}")
+        report["round_time"][f"simulation ({strategy})"] = simulation(
+            flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}", args.cpus_per_client,
+            args.gpus_per_client)
+    floor = report["round_time"]["bare loop (fedavg)"]["median_round_s"]
+    for entry in report["round_time"].values():
+        entry["ratio_to_bare"] = entry["median_round_s"] / floor
+    fractions = [float(f) for f in args.gpu_fractions.split(",") if f]
+    if resolve_device(args.device).type == "cuda" and fractions:
+        progress(f"GPU sharing, {fractions} GPU per client")
+        report["gpu"] = gpu_sharing(flower, base | {"strategy": "fedavg"}, args.clients, fractions, out,
+                                    args.cpus_per_client, floor)
+        if args.seed_experiment:
+            fastest = min(report["gpu"], key=lambda row: row["median_round_s"])["gpus_per_client"]
+            progress(f"seed experiment end to end, {fastest} GPU per client")
+            report["seed_experiment"] = seed_experiment(flower, base["data-dir"], fastest, args.cpus_per_client,
+                                                        out)
+
+
+def _aggregation(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Server aggregation time per strategy, as ratios to Flower's FedAvg and FedAdam measured beside them."""
+    report["aggregation"] = []
+    for k in (int(k) for k in args.aggregation_k.split(",") if k):
+        progress(f"aggregation, K = {k}")
+        times = {name: min(time_aggregation(name, k, seed) for seed in (0, 1)) for name in STRATEGIES}
+        for name, seconds in times.items():
+            report["aggregation"].append({"k": k, "strategy": name, "seconds": seconds,
+                                          "ratio_to_fedavg": seconds / times["fedavg (Flower)"],
+                                          "ratio_to_fedadam": seconds / times["fedadam (Flower)"]})
+
+
+def _scaling(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any], out: Path,
+             report: dict[str, Any]) -> None:
+    """Round time against clients per round, and memory over rounds, on a light configuration."""
+    report["scaling"] = []
+    light = base | {"strategy": "fedavg", "num-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
+    for k in (int(k) for k in args.scaling_k.split(",") if k):
+        progress(f"scaling, {k} clients per round")
+        report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
+                                  "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
+    if args.memory_rounds:
+        progress(f"memory over {args.memory_rounds} rounds, 100 clients")
+        report["memory"] = simulation(flower, light | {"num-rounds": args.memory_rounds}, min(100, args.clients),
+                                      out / "memory")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
         args.aggregation_k, args.scaling_k, args.memory_rounds = "5,10", "4,8", 3
         args.throughput_images = min(args.throughput_images, 60)
-    on_gpu = resolve_device(args.device).type == "cuda"  # a clear error now if cuda was asked for and is missing
+    resolve_device(args.device)  # a clear error now if cuda was asked for and is missing
     FLOWER_LOGGER.setLevel(logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -147,58 +207,18 @@ def main(argv: list[str] | None = None) -> None:
             "num-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
             "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
             "fraction-train": 1.0, "device": args.device}
-    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench", *sys.argv[1:]]),
+    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench",
+                                                   *sys.argv[1:]]),
                               "machine": machine(), "versions": versions(), "config": base,
                               "clients": args.clients, "cpus_per_client": args.cpus_per_client,
                               "gpus_per_client": args.gpus_per_client, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-    def progress(text: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
     if args.throughput_images:
         progress(f"training throughput per core against the matmul ceiling ({args.throughput_images} images)")
         report["throughput"] = throughput.measure(args.throughput_images, n=2048 if not args.quick else 512)
     with LocalFlower() as flower:
-        progress(f"round time, {args.clients} clients, {args.rounds} rounds: bare loop")
-        report["round_time"] = {"bare loop (fedavg)": bare(base | {"strategy": "fedavg"}, args.clients)}
-        for strategy in ("fedavg", "fedgma"):
-            progress(f"round time: flwr run simulation, {strategy}")
-            report["round_time"][f"simulation ({strategy})"] = simulation(
-                flower, base | {"strategy": strategy}, args.clients, out / f"run-{strategy}", args.cpus_per_client,
-                args.gpus_per_client)
-        floor = report["round_time"]["bare loop (fedavg)"]["median_round_s"]
-        for entry in report["round_time"].values():
-            entry["ratio_to_bare"] = entry["median_round_s"] / floor
-        fractions = [float(f) for f in args.gpu_fractions.split(",") if f]
-        if on_gpu and fractions:
-            progress(f"GPU sharing, {fractions} GPU per client")
-            report["gpu"] = gpu_sharing(flower, base | {"strategy": "fedavg"}, args.clients, fractions, out,
-                                        args.cpus_per_client, floor)
-            if args.seed_experiment:
-                fastest = min(report["gpu"], key=lambda row: row["median_round_s"])["gpus_per_client"]
-                progress(f"seed experiment end to end, {fastest} GPU per client")
-                report["seed_experiment"] = seed_experiment(flower, base["data-dir"], fastest, args.cpus_per_client,
-                                                            out)
-
-        report["aggregation"] = []
-        for k in (int(k) for k in args.aggregation_k.split(",") if k):
-            progress(f"aggregation, K = {k}")
-            times = {name: min(time_aggregation(name, k, seed) for seed in (0, 1)) for name in STRATEGIES}
-            for name, seconds in times.items():
-                report["aggregation"].append({"k": k, "strategy": name, "seconds": seconds,
-                                              "ratio_to_fedavg": seconds / times["fedavg (Flower)"],
-                                              "ratio_to_fedadam": seconds / times["fedadam (Flower)"]})
-
-        report["scaling"] = []
-        light = base | {"strategy": "fedavg", "num-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
-        for k in (int(k) for k in args.scaling_k.split(",") if k):
-            progress(f"scaling, {k} clients per round")
-            report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
-                                      "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
-        if args.memory_rounds:
-            progress(f"memory over {args.memory_rounds} rounds, 100 clients")
-            report["memory"] = simulation(flower, light | {"num-rounds": args.memory_rounds}, min(100, args.clients),
-                                          out / "memory")
+        _round_times(flower, args, base, out, report)
+        _aggregation(args, report)
+        _scaling(flower, args, base, out, report)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if report["scaling"]:

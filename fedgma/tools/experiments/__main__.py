@@ -19,7 +19,7 @@ from pathlib import Path
 from ..local_flower import LocalFlower, run_config_arg
 from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
-from .headline import headline_rows, selection_table, task_rows, with_holm
+from .headline import headline_rows, published_markdown, selection_table, task_rows, with_holm
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
 from .plots import plot_all
@@ -155,13 +155,15 @@ def _config(args: argparse.Namespace) -> int:
 
 def _headline(args: argparse.Namespace) -> int:
     """docs/results/headline.md and .csv: the headline table of every task in headline.toml."""
-    rows, waiting, _ = headline_rows(args.results)
+    rows, waiting, config = headline_rows(args.results)
     out = args.out or DOCS
     out.mkdir(parents=True, exist_ok=True)
     text = ("**Headline: configurations selected by training-domain validation (oracle: test-domain validation, "
             "in brackets, not tested), fresh seeds, last round; differences paired by seed, p from a paired "
             "t-test, Holm-corrected over the table.** Accuracies in %.\n\n" + headline_markdown(rows)
-            + "".join(f"\n- not yet: {line}" for line in waiting) + ("\n" if waiting else ""))
+            + "".join(f"\n- not yet: {line}" for line in waiting) + ("\n" if waiting else "")
+            + "\n**Published centralized numbers, for orientation only** (centralized training, other splits and "
+            "models: not comparable one to one with the federated rows above):\n\n" + published_markdown(config))
     (out / "headline.md").write_text(text)
     (out / "headline.csv").write_text(headline_csv(rows))
     print(text)

@@ -178,6 +178,17 @@ def to_markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_markdown(config: dict[str, Any]) -> str:
+    """The ``[[published]]`` tables of ``headline.toml``: centralized numbers quoted with their source."""
+    parts = []
+    for table in config.get("published", []):
+        lines = [f"*{table['source']}.* {table['setup']}.", "", "| method | test-environment acc (%) |", "|---|---|"]
+        lines += [f"| {name} | {values[0]:.1f}" + (f" ± {values[1]:.1f}" if len(values) > 1 else "") + " |"
+                  for name, *values in table["rows"]]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + ("\n" if parts else "")
+
+
 def to_csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
     cells = [row.cells() for row in rows]

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..local_flower import LocalFlower
 from fedgma.checkpoint import CHECKPOINT
 from fedgma.settings import Settings
+
+from ..local_flower import LocalFlower
 from .grid import REPO, Grid, Run
 from .results import RunResult, configuration_of, load_runs
 
