@@ -25,20 +25,20 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 
 from .arguments import check_choice, check_fraction
 from .masking import (STEP_CONTROLS, MaskedLayer, control_masks, fedgma_direction, fedgma_step, hard_mask,
                       mask_statistics)
 from .protocol import GRADIENT, SEND_GRADIENT, WEIGHTS
-from .records import decode, encode
-from .replies import read_replies
+from .records import encode
+from .wrapper import MaskingWrapper
 
 #: Stream id of the random-mask control's generator, apart from every other use of the seed.
 _CONTROL_STREAM = 2_000_001
 
 
-class FedGMA(Strategy):
+class FedGMA(MaskingWrapper):
     """FedGMA (workshop version): FedAvg plus a masked server gradient step.
 
     Client sampling, configuration and federated evaluation are those of the
@@ -76,22 +76,17 @@ class FedGMA(Strategy):
             raise TypeError(f"FedGMA's step is defined over FedAvg's weighted mean; got {type(strategy).__name__}")
         if server_lr < 0:
             raise ValueError(f"FedGMA server_lr must be >= 0, got {server_lr}")
-        self.strategy = strategy
+        super().__init__(strategy, weighted_agreement)
         self.p = check_fraction("FedGMA threshold p", p)
         self.server_lr = server_lr
         self.direction = check_choice("FedGMA direction", direction, ("gradient", "pseudo-gradient"))
-        self.weighted_agreement = weighted_agreement
         self.control = check_choice("FedGMA control", control, STEP_CONTROLS)
         self.seed = seed
-        self._current: dict[str, np.ndarray] = {}  # this round's global arrays w_t
 
     @property
     def expected_records(self) -> tuple[str, ...]:
         """The ArrayRecords of every train reply (read by ReplyGuard's screening)."""
         return (WEIGHTS, GRADIENT) if self.direction == "gradient" else (WEIGHTS,)
-
-    def __repr__(self) -> str:
-        return f"FedGMA({type(self.strategy).__name__})"
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedGMA: hard mask p %s, server lr %s, masks the %s, %s agreement%s", self.p,
@@ -101,17 +96,14 @@ class FedGMA(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._current = decode(arrays)
         config[SEND_GRADIENT] = self.direction == "gradient"
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = read_replies(replies, self.strategy.weighted_by_key)
+        replies, weights, sign_weights = self.read(replies)
         if not replies:
             return None, None
-        weights = [r.num_examples for r in replies]
-        sign_weights = weights if self.weighted_agreement else None
         parts = {}
         for name, reference in self._current.items():
             gradients = [r.arrays[GRADIENT][name] for r in replies] if self.direction == "gradient" else None
@@ -126,10 +118,3 @@ class FedGMA(Strategy):
                                                       self.strategy.weighted_by_key)
         return (encode({name: layer.weights for name, layer in layers.items()}),
                 MetricRecord(dict(metrics) | mask_statistics(self._current, layers)))
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

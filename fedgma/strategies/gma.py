@@ -31,23 +31,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import INFO
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from .arguments import check_choice, check_fraction
 from .masking import MaskedLayer, apply_mask_to_update, gma_layer, mask_statistics
 from .protocol import METRICS, WEIGHTS, with_content, with_records
-from .records import decode, encode
-from .replies import AcceptedReply, read_replies
+from .records import encode
+from .replies import AcceptedReply
+from .wrapper import MaskingWrapper
 
 #: Strategies whose server update starts from the weighted mean of the replies (and nothing else of them).
 AVERAGING = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 
 
-class GMA(Strategy):
+class GMA(MaskingWrapper):
     """Gradient-masked averaging (journal version) wrapped around a strategy.
 
     A wrapper in the shape of Flower's differential-privacy wrappers: sampling,
@@ -76,32 +75,20 @@ class GMA(Strategy):
         if not isinstance(strategy, FedAvg):
             raise TypeError(f"GMA wraps Flower's Message-API strategies (subclasses of FedAvg, whose replies "
                             f"hold the client's weights); got {type(strategy).__name__}")
-        self.strategy = strategy
+        super().__init__(strategy, weighted_agreement)
         self.tau = check_fraction("GMA threshold tau", tau)
         self.mask = check_choice("GMA mask", mask, ("soft", "hard"))
-        self.weighted_agreement = weighted_agreement
-        self._current: dict[str, np.ndarray] = {}  # this round's global arrays w_t
-
-    def __repr__(self) -> str:
-        return f"GMA({type(self.strategy).__name__})"
 
     def summary(self) -> None:
         log(INFO, "\t├──> GMA: %s mask, tau %s, %s agreement", self.mask, self.tau,
             "example-weighted" if self.weighted_agreement else "unweighted")
         self.strategy.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._current = decode(arrays)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = read_replies(replies, self.strategy.weighted_by_key)
+        replies, weights, sign_weights = self.read(replies)
         if not replies:
             return None, None
-        weights = [r.num_examples for r in replies]
-        sign_weights = weights if self.weighted_agreement else None
         layers = {name: gma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau,
                                   self.mask, sign_weights)
                   for name, reference in self._current.items()}
@@ -127,10 +114,3 @@ class GMA(Strategy):
         return with_records(reply.message, {WEIGHTS: encode({
             name: apply_mask_to_update(reference, reply.arrays[WEIGHTS][name], layers[name].mask)
             for name, reference in self._current.items()})})
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
