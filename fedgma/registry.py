@@ -27,7 +27,7 @@ from fedgma.strategies.fedgma import FedGMA
 from fedgma.strategies.gma import GMA
 from fedgma.strategies.guard import ReplyGuard
 
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 #: Class names per run-config name; 'fedgma' is FedAvg wrapped by FedGMA. The legacy API has the first seven.
 CLASSES = {"fedgma": "FedAvg", "fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM",
@@ -57,6 +57,10 @@ def algorithm_options(settings: Settings) -> dict[str, Any]:
 
 def build_strategy(settings: Settings) -> ReplyGuard:
     """The Message-API strategy named by ``settings.strategy`` (+ GMA if ``settings.gma``), guarded."""
+    if settings.secagg:
+        raise ConfigError("Run-config key 'secagg' is true, but Flower offers SecAgg+ on its legacy API only "
+                          "(SecAggPlusWorkflow needs a LegacyContext); run the legacy app: flwr run examples/legacy "
+                          "--run-config \"secagg=true\" (docs/privacy.md).")
     sampling = dict(fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
                     min_train_nodes=1, min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
                     min_available_nodes=settings.min_available_nodes)

@@ -134,6 +134,23 @@ class Settings:
                            low_open=True)
     dp_noise_multiplier: float = _opt(1.0, "Central DP: noise standard deviation in units of dp-clipping-norm / "
                                            "clients per round.", low=0.0)
+    # --- secure aggregation (legacy app) --------------------------------------------
+    secagg: bool = _opt(False, "Secure aggregation with Flower's SecAgg+ (the legacy app, examples/legacy: Flower "
+                               "has SecAgg+ on its legacy API only): the server learns the sum of the replies, "
+                               "never one client's; the masks come from securely summed signs.")
+    secagg_max_weight: float = _opt(0.0, "SecAgg+: the largest num-examples a client may report at full weight "
+                                         "(its error grows with it; 0 = max-client-examples if set, else 60,000).",
+                                    low=0.0)
+    secagg_clipping_range: float = _opt(8.0, "SecAgg+: every sent value times num-examples / secagg-max-weight must "
+                                             "lie in [-this, this] (a client whose reply would be clipped refuses "
+                                             "it); the error grows with it.", low=0.0, low_open=True)
+    secagg_quantization_range: int = _opt(2**22, "SecAgg+: quantization levels (the error shrinks with it; "
+                                                 "clients x this must stay below 2^32).", low=2, high=2**31)
+    secagg_num_shares: int = _opt(3, "SecAgg+: how many clients hold shares of each client's secrets.", low=3,
+                                  high=MAX_COUNT)
+    secagg_reconstruction_threshold: int = _opt(2, "SecAgg+: how many shares rebuild a secret (below "
+                                                   "secagg-num-shares; a round survives as long as every client "
+                                                   "keeps this many live neighbours).", low=2, high=MAX_COUNT)
     # --- strategy -----------------------------------------------------------------
     strategy: str = _opt("fedgma", "Server strategy: 'fedgma' (the workshop version) or one of Flower's "
                                    "Message-API strategies (the robust aggregators fedmedian, fedtrimmedavg, krum, "
@@ -198,6 +215,7 @@ class Settings:
             raise ConfigError(f"Run-config key 'fedgma-control' = {settings.fedgma_control!r} needs "
                               "strategy='fedgma' (it replaces FedGMA's mask).")
         _check_privacy(settings)
+        _check_secagg(settings)
         if settings.gma and settings.strategy == "fedgma":
             raise ConfigError("Run-config key 'gma' must be false with strategy='fedgma' "
                               "(FedGMA masks already); use gma=true with fedavg, fedprox, fedavgm, "
@@ -227,6 +245,23 @@ def _check_privacy(settings: Settings) -> None:
         raise ConfigError("Run-config key 'dp' = 'local' needs fedgma-direction='pseudo-gradient' with "
                           "strategy='fedgma': Flower's LocalDpMod privatizes the weights only, and the gradient "
                           "FedGMA would ask for would leave the client in the clear.")
+
+
+#: The strategies whose aggregate is a (weighted) mean, which is all that secure aggregation reveals.
+MEAN_STRATEGIES = ("fedgma", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+def _check_secagg(settings: Settings) -> None:
+    """Refuse what secure aggregation cannot do: aggregators that need each reply, or a bad share setting."""
+    if not settings.secagg:
+        return
+    if settings.strategy not in MEAN_STRATEGIES:
+        raise ConfigError(f"Run-config key 'secagg' is true, but strategy={settings.strategy!r} needs every "
+                          "client's reply and SecAgg+ reveals only their sum; use one of "
+                          f"{', '.join(MEAN_STRATEGIES)}.")
+    if settings.secagg_reconstruction_threshold >= settings.secagg_num_shares:
+        raise ConfigError(f"Run-config key 'secagg-reconstruction-threshold' ({settings.secagg_reconstruction_threshold}) "
+                          f"must be below 'secagg-num-shares' ({settings.secagg_num_shares}).")
 
 
 def environment_flips(environments: str) -> tuple[float, ...]:

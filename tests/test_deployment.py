@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 from conftest import REPO
@@ -28,18 +29,25 @@ def tiny_run(mnist_dir, out, **extra):
             "output-dir": str(out), "strategy": "fedgma", **extra}
 
 
-@pytest.fixture
-def deployment(tmp_path, mnist_dir):
-    deployed = Deployment(tmp_path / "deploy")
+@contextmanager
+def deployed_nodes(folder, mnist_dir, count):
+    """A SuperLink and ``count`` registered SuperNodes (partitions 0..count-1), all stopped by PID afterwards."""
+    deployed = Deployment(folder)
     try:
         deployed.start_superlink()
-        for i in range(2):
+        for i in range(count):
             deployed.register(f"node-{i}")
-            deployed.start_supernode(f"node-{i}", i, 2, str(mnist_dir))
-        deployed.wait_for_nodes(2)
+            deployed.start_supernode(f"node-{i}", i, count, str(mnist_dir))
+        deployed.wait_for_nodes(count)
         yield deployed
     finally:
         deployed.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path, mnist_dir):
+    with deployed_nodes(tmp_path / "deploy", mnist_dir, 2) as deployed:
+        yield deployed
 
 
 def test_the_superlink_serves_supernodes_over_the_installed_flowers_transport(deployment):
@@ -83,22 +91,48 @@ def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes
     assert not deployment.alive("intruder") and "Receiving: train message" not in intruder_log
 
 
-def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):
-    out = tmp_path / "out"
-    config = tiny_run(mnist_dir, out, **{"max-client-examples": 3000, "batch-size": 32, "min-available-nodes": 1})
-    run = subprocess.Popen([str(BIN / "flwr"), "run", str(REPO), CONNECTION, "--stream", "--run-config",
+def run_and_kill(deployment, app_dir, config, node, when):
+    """``flwr run`` against the deployment; kill ``node`` as soon as its log holds ``when`` (a text and how many
+    times it must appear); the run's output once it ends."""
+    run = subprocess.Popen([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config",
                             run_config_arg(config)], cwd=deployment.workdir, env=deployment.env(deployment.cli_home),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text, times = when
     try:
         deadline = time.time() + 180
-        while "Start `flwr-clientapp` process" not in (deployment.logs / "node-1.log").read_text():
-            assert time.time() < deadline, "node-1 never started training"
-            time.sleep(0.2)
-        deployment.kill("node-1")  # in the middle of its local training
+        while (deployment.logs / f"{node}.log").read_text().count(text) < times:
+            assert time.time() < deadline, f"{node}'s log never showed {text!r} {times} times"
+            time.sleep(0.1)
+        deployment.kill(node)
         output, _ = run.communicate(timeout=600)
     finally:
         run.kill()
+    return output
+
+
+def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):
+    out = tmp_path / "out"
+    config = tiny_run(mnist_dir, out, **{"max-client-examples": 3000, "batch-size": 32, "min-available-nodes": 1})
+    # in the middle of its local training
+    output = run_and_kill(deployment, REPO, config, "node-1", ("Start `flwr-clientapp` process", 1))
     assert deployment.runs()[0]["status"] == "finished:completed", output[-4000:]
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     assert (rounds[1]["replies-accepted"], rounds[1]["replies-failed"]) == (1, 1)
     assert rounds[2]["replies-accepted"] == 1 and rounds[2]["round"] == 2
+
+
+def test_secagg_fedgma_survives_a_supernode_killed_during_its_secure_round(mnist_dir, tmp_path):
+    """FedGMA (gradient direction) under SecAgg+ on the legacy app over real SuperNodes: the third of a SecAgg+
+    round's four train messages asks a client for its masked reply (it trains then); one of three SuperNodes is
+    killed as it receives it. SecAgg+ promises the sum of the survivors: the server rebuilds the dead node's
+    pairwise masks from the other two nodes' shares (threshold 2 of 3 shares)."""
+    out = tmp_path / "out"
+    config = tiny_run(mnist_dir, out, **{"num-rounds": 1, "max-client-examples": 3000, "batch-size": 32,
+                                         "secagg": True, "round-timeout": 120.0, "p": 0.3, "server-lr": 1.0})
+    with deployed_nodes(tmp_path / "deploy", mnist_dir, 3) as deployment:
+        output = run_and_kill(deployment, REPO / "examples" / "legacy", config, "node-2",
+                              ("Receiving: train message", 3))
+        assert deployment.runs()[0]["status"] == "finished:completed", output[-4000:]
+    row = json.loads((out / "metrics.json").read_text())["rounds"][1]
+    assert (row["replies-accepted"], row["replies-failed"], row["outcome"]) == (2, 1, "aggregated"), row
+    assert 0 < row["mask-density"] < 1

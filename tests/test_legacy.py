@@ -136,10 +136,10 @@ def test_legacy_app_refuses_what_only_the_message_api_app_offers(keys):
 def test_legacy_app_refuses_resume_before_round_one_and_writes_no_checkpoint(tmp_path):
     from flwr.app import Context, RecordDict
 
-    from fedgma.legacy.app import server_fn
+    from fedgma.legacy.app import legacy_run
 
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={
         "resume": True, "output-dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="'resume'.*legacy server app cannot resume"):
-        server_fn(context)
+        legacy_run(context)
     assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,13 @@ cannot start at a later round, so these strategies keep no resumable state.
 * :class:`LegacyFedGMA` is the workshop algorithm. Legacy results carry one list
   of arrays, so with ``direction="gradient"`` it asks clients (fit config
   ``append-gradient``) to return their last local gradient after their weights.
+
+With ``secagg`` (a :class:`~fedgma.strategies.secagg.SecAggPlus`, for a server app
+that runs Flower's ``SecAggPlusWorkflow``) the strategies receive only securely
+summed means: the clients append their sign arrays, every result carries the same
+mean, and the masks are computed from the means and sign sums alone. The guard
+then accepts a round only if all results are that one sum, so a round in which
+any client's own arrays reached the strategy is refused, not aggregated.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, Strategy
 
 from fedgma.strategies.arguments import check_choice, check_fraction
-from fedgma.strategies.masking import fedgma_layer, gma_layer, mask_statistics
+from fedgma.strategies.masking import (FedGMADirection, fedgma_layer, fedgma_masked, gma_layer,
+                                      gma_masked, mask_statistics)
 from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
 from fedgma.strategies.replies import (ScreenedReplies, check_arrays, check_metrics, check_num_examples,
                                        short_reason)
+from fedgma.strategies.secagg import SecAggPlus
 
 Result = tuple[ClientProxy, FitRes]
 
@@ -48,10 +57,13 @@ class LegacyGuard(Strategy):
     serve the same bookkeeping as :class:`~fedgma.strategies.ReplyGuard`.
     """
 
-    arrays_per_layer = 1  # 2 when clients append their gradients
+    appends_gradient = False  # clients append their last gradients after their weights
+    signs: str | None = None  # what a masking subclass needs the signs of under SecAgg+ ("update", "gradient")
+    weighted_agreement = False
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy, secagg: SecAggPlus | None = None) -> None:
         self.strategy = strategy
+        self.secagg = secagg
         self.current: list[np.ndarray] = []
         self.sent = 0
         self.train_metrics: dict[int, dict[str, Scalar]] = {}
@@ -69,7 +81,16 @@ class LegacyGuard(Strategy):
         self.current = parameters_to_ndarrays(parameters)
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
         self.sent = len(instructions)
+        if self.secagg is not None:
+            for _, fit_ins in instructions:
+                fit_ins.config.update(self.secagg.fit_config(self.signs, uniform=not self.weighted_agreement))
         return instructions
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What a result holds, one array per layer each, in order: weights, gradients, signs."""
+        return (("parameters",) + ("gradient",) * self.appends_gradient
+                + ("signs",) * (self.secagg is not None and self.signs is not None))
 
     def aggregate_fit(self, server_round: int, results: list[Result],
                       failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
@@ -97,6 +118,12 @@ class LegacyGuard(Strategy):
         parameters, metrics = self.strategy.aggregate_fit(server_round, [result for result, _ in accepted], [])
         return parameters, dict(metrics or {}) | _mean_metrics(accepted)
 
+    def secure_agreements(self, accepted: list[tuple[Result, list[np.ndarray]]]) -> list[np.ndarray]:
+        """Per layer, the sign agreement from the securely summed signs (the last part of every result)."""
+        total = sum(res.num_examples for (_, res), _ in accepted)
+        return [self.secagg.agreement(sign_mean, total, len(accepted), uniform=not self.weighted_agreement)
+                for sign_mean in accepted[0][1][-len(self.current):]]
+
     @property
     def references(self) -> dict[str, np.ndarray]:
         """The round's global arrays by layer name ("0", "1", ...: the legacy API has no names)."""
@@ -105,6 +132,7 @@ class LegacyGuard(Strategy):
     def _screen(self, results: list[Result], failures: list) -> tuple[ScreenedReplies, list]:
         """Accepted (result, arrays) pairs in partition (then client id) order, and the counts."""
         screened = ScreenedReplies()
+        failures = _distinct(failures)
         for failure in failures:
             reason = str(failure) if isinstance(failure, BaseException) else failure[1].status.message
             screened.fail(f"a client failed: {short_reason(reason)}")
@@ -116,16 +144,23 @@ class LegacyGuard(Strategy):
         for proxy, fit_res in results:
             try:
                 arrays = parameters_to_ndarrays(fit_res.parameters)
-                if len(arrays) != len(names) * self.arrays_per_layer:
-                    raise ValueError(f"it holds {len(arrays)} arrays, expected {len(names) * self.arrays_per_layer}")
-                check_arrays("parameters", dict(zip(names, arrays)), reference)
-                if self.arrays_per_layer == 2:
-                    check_arrays("gradient", dict(zip(names, arrays[len(names):])), reference)
+                if len(arrays) != len(names) * len(self.parts):
+                    raise ValueError(f"it holds {len(arrays)} arrays, expected {len(names) * len(self.parts)}")
+                if self.secagg is not None:  # SecAgg+ hands over float64 means of the float32 arrays
+                    arrays = [a.astype(self.current[i % len(names)].dtype) for i, a in enumerate(arrays)]
+                for part, kind in enumerate(self.parts):
+                    check_arrays(kind, dict(zip(names, arrays[part * len(names):(part + 1) * len(names)])), reference)
                 check_metrics(fit_res.metrics)
                 check_num_examples(fit_res.num_examples)
                 accepted.append(((proxy, fit_res), arrays))
             except ValueError as problem:
                 screened.reject(f"client {proxy.cid} rejected: {problem}")
+        if self.secagg is not None and any(not all(np.array_equal(a, b) for a, b in zip(arrays, accepted[0][1]))
+                                           for _, arrays in accepted[1:]):
+            for (proxy, _), _ in accepted:
+                screened.reject(f"client {proxy.cid} rejected: secagg is on, but the replies differ, so they were "
+                                "not securely summed (the client app lacks secaggplus_mod?)")
+            accepted = []
         accepted.sort(key=lambda item: (item[0][1].metrics.get(PARTITION_ID, float("inf")), item[0][0].cid))
         screened.accepted = accepted
         return screened, accepted
@@ -140,7 +175,25 @@ class LegacyGuard(Strategy):
         return loss, metrics
 
     def evaluate(self, server_round: int, parameters: Parameters):
+        if server_round > 0 and server_round not in self.train_metrics:  # aggregate_fit was never called
+            outcome = ("kept the previous model: the round ended without aggregation (Flower's SecAggPlusWorkflow "
+                       "halts a round without an error when too few clients remain; see the server log)")
+            log(WARNING, "Round %d: %s.", server_round, outcome)
+            self.train_metrics[server_round] = {"replies-accepted": 0}
+            self.notes[server_round] = {"outcome": outcome, "reasons": []}
         return self.strategy.evaluate(server_round, parameters)
+
+
+def _distinct(failures: list) -> list:
+    """The failures, each once: SecAggPlusWorkflow reports a client's failed masked-vector reply twice, as two
+    exceptions around the same error object."""
+    seen, distinct = set(), []
+    for failure in failures:
+        key = id(failure.args[0]) if isinstance(failure, BaseException) and failure.args else id(failure)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(failure)
+    return distinct
 
 
 def _mean_metrics(accepted: list[tuple[Result, list[np.ndarray]]]) -> dict[str, Scalar]:
@@ -155,20 +208,27 @@ def _mean_metrics(accepted: list[tuple[Result, list[np.ndarray]]]) -> dict[str, 
 class LegacyGMA(LegacyGuard):
     """GMA (journal version) around a legacy FedAvg-family strategy; see :class:`fedgma.strategies.GMA`."""
 
+    signs = "update"
+
     def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
-                 weighted_agreement: bool = False) -> None:
+                 weighted_agreement: bool = False, secagg: SecAggPlus | None = None) -> None:
         if not isinstance(strategy, FedAvg):
             raise TypeError(f"LegacyGMA wraps legacy FedAvg-family strategies, got {type(strategy).__name__}")
-        super().__init__(strategy)
+        super().__init__(strategy, secagg)
         self.tau = check_fraction("LegacyGMA threshold tau", tau)
         self.mask = check_choice("LegacyGMA mask", mask, ("soft", "hard"))
         self.weighted_agreement = weighted_agreement
 
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
-        layers = {str(i): gma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.tau, self.mask,
-                                    weights if self.weighted_agreement else None)
-                  for i, reference in enumerate(self.current)}
+        if self.secagg is not None:
+            summed = accepted[0][1]
+            layers = {str(i): gma_masked(reference, summed[i], agreement, self.tau, self.mask)
+                      for i, (reference, agreement) in enumerate(zip(self.current, self.secure_agreements(accepted)))}
+        else:
+            layers = {str(i): gma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.tau,
+                                        self.mask, weights if self.weighted_agreement else None)
+                      for i, reference in enumerate(self.current)}
         (proxy, first), _ = accepted[0]
         masked_mean = ndarrays_to_parameters([layer.weights for layer in layers.values()])
         aggregate = FitRes(Status(Code.OK, "masked mean"), masked_mean, int(sum(weights)), {})
@@ -181,14 +241,15 @@ class LegacyFedGMA(LegacyGuard):
     """FedGMA (workshop version) on the legacy API; see :class:`fedgma.strategies.FedGMA`."""
 
     def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4, direction: str = "gradient",
-                 weighted_agreement: bool = False) -> None:
+                 weighted_agreement: bool = False, secagg: SecAggPlus | None = None) -> None:
         if server_lr < 0:
             raise ValueError(f"LegacyFedGMA server_lr must be >= 0, got {server_lr}")
-        super().__init__(fedavg)
+        super().__init__(fedavg, secagg)
         self.p = check_fraction("LegacyFedGMA threshold p", p)
         self.direction = check_choice("LegacyFedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.server_lr, self.weighted_agreement = server_lr, weighted_agreement
-        self.arrays_per_layer = 2 if direction == "gradient" else 1
+        self.appends_gradient = direction == "gradient"
+        self.signs = "gradient" if self.appends_gradient else "update"
 
     def configure_fit(self, server_round, parameters, client_manager):
         instructions = super().configure_fit(server_round, parameters, client_manager)
@@ -199,10 +260,17 @@ class LegacyFedGMA(LegacyGuard):
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
         count = len(self.current)
-        layers = {}
-        for i, reference in enumerate(self.current):
-            gradients = [arrays[count + i] for _, arrays in accepted] if self.direction == "gradient" else None
-            layers[str(i)] = fedgma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.p,
-                                          self.server_lr, gradients, weights if self.weighted_agreement else None)
+        if self.secagg is not None:
+            summed = accepted[0][1]
+            parts = [FedGMADirection(summed[i], summed[count + i] if self.appends_gradient else reference - summed[i],
+                                     agreement)
+                     for i, (reference, agreement) in enumerate(zip(self.current, self.secure_agreements(accepted)))]
+            layers = {str(i): fedgma_masked(part, self.p, self.server_lr) for i, part in enumerate(parts)}
+        else:
+            layers = {}
+            for i, reference in enumerate(self.current):
+                gradients = [arrays[count + i] for _, arrays in accepted] if self.appends_gradient else None
+                layers[str(i)] = fedgma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.p,
+                                              self.server_lr, gradients, weights if self.weighted_agreement else None)
         return (ndarrays_to_parameters([layer.weights for layer in layers.values()]),
                 _mean_metrics(accepted) | mask_statistics(self.references, layers))

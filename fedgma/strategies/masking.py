@@ -155,7 +155,13 @@ def fedgma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], ex
                  sign_weights: Sequence[float] | None = None) -> MaskedLayer:
     """One layer of FedGMA (workshop version): :func:`fedgma_step` with m the hard mask of the
     direction's sign agreement at ``threshold`` (see :func:`fedgma_direction`)."""
-    part = fedgma_direction(reference, client_weights, example_weights, gradients, sign_weights)
+    return fedgma_masked(fedgma_direction(reference, client_weights, example_weights, gradients, sign_weights),
+                         threshold, server_lr)
+
+
+def fedgma_masked(part: FedGMADirection, threshold: float, server_lr: float) -> MaskedLayer:
+    """FedGMA's layer from its parts alone (w_bar, d_bar, A): all it needs are means and sign sums, which is
+    what secure aggregation hands the server (:mod:`fedgma.strategies.secagg`)."""
     mask = hard_mask(part.agreement, threshold)
     return MaskedLayer(fedgma_step(part, mask, server_lr), part.mean_weights, mask, part.agreement)
 
@@ -194,9 +200,16 @@ def gma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], examp
               threshold: float, kind: str, sign_weights: Sequence[float] | None = None) -> MaskedLayer:
     """One layer of GMA (journal version): w_t + m * (w_bar - w_t), m the ``kind``
     mask of the sign agreement of the updates w_k - w_t at ``threshold``."""
-    agreement = sign_agreement(client_weights, sign_weights, reference=reference)
+    return gma_masked(reference, weighted_mean(client_weights, example_weights),
+                      sign_agreement(client_weights, sign_weights, reference=reference), threshold, kind)
+
+
+def gma_masked(reference: np.ndarray, mean_weights: np.ndarray, agreement: np.ndarray, threshold: float,
+               kind: str) -> MaskedLayer:
+    """GMA's layer from the mean weights w_bar and the agreement A alone (what secure aggregation hands the
+    server): w_t + m * (w_bar - w_t). Masking each client's update and then averaging gives the same, because
+    the mask is one array shared by all clients."""
     mask = build_mask(agreement, threshold, kind)
-    mean_weights = weighted_mean(client_weights, example_weights)
     return MaskedLayer(apply_mask_to_update(reference, mean_weights, mask), mean_weights, mask, agreement)
 
 

@@ -39,6 +39,17 @@ SEND_GRADIENT = "send-gradient"
 #: The legacy API's counterpart: the client appends its last local gradient to its weights.
 APPEND_GRADIENT = "append-gradient"
 
+#: Secure aggregation (legacy API, Flower's SecAgg+): the client appends the signs of its "update"
+#: (w_k - w_t) or of its last local "gradient" after everything else it returns, so the securely summed
+#: reply carries the sign sums the masks need (:mod:`fedgma.strategies.secagg`).
+APPEND_SIGNS = "append-signs"
+#: With it true, the client scales its signs by SECAGG_MAX_WEIGHT / num_examples, so that SecAgg+'s
+#: example weighting cancels and the server can count them per client (the papers' unweighted agreement).
+UNIFORM_SIGNS = "uniform-signs"
+#: The SecAgg+ settings the client checks its reply against (a value that SecAgg+ would clip is refused).
+SECAGG_MAX_WEIGHT = "secagg-max-weight"
+SECAGG_CLIPPING_RANGE = "secagg-clipping-range"
+
 #: Train-config names that Flower's own strategies send (FedAvg: the round; FedProx: its mu).
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
