@@ -121,18 +121,19 @@ def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deplo
     assert rounds[2]["replies-accepted"] == 1 and rounds[2]["round"] == 2
 
 
-def test_secagg_fedgma_survives_a_supernode_killed_during_its_secure_round(mnist_dir, tmp_path):
-    """FedGMA (gradient direction) under SecAgg+ on the legacy app over real SuperNodes: the third of a SecAgg+
-    round's four train messages asks a client for its masked reply (it trains then); one of three SuperNodes is
-    killed as it receives it. SecAgg+ promises the sum of the survivors: the server rebuilds the dead node's
-    pairwise masks from the other two nodes' shares (threshold 2 of 3 shares)."""
+def test_secagg_gma_survives_a_supernode_killed_during_its_secure_round(mnist_dir, tmp_path):
+    """GMA over FedAvg under SecAgg+ on the legacy app over real SuperNodes: the third of a SecAgg+ round's four
+    train messages asks a client for its masked reply (it trains then); one of three SuperNodes is killed as it
+    receives it. SecAgg+ promises the sum of the survivors: the server rebuilds the dead node's pairwise masks
+    from the other two nodes' shares (threshold 2 of 3 shares). Each stage waits at most the round timeout; with
+    45 s the round halted once on a loaded 2-core machine (not investigated), so the test gives it 120 s."""
     out = tmp_path / "out"
     config = tiny_run(mnist_dir, out, **{"num-rounds": 1, "max-client-examples": 3000, "batch-size": 32,
-                                         "secagg": True, "round-timeout": 120.0, "p": 0.3, "server-lr": 1.0})
+                                         "secagg": True, "round-timeout": 120.0, "strategy": "fedavg", "gma": True})
     with deployed_nodes(tmp_path / "deploy", mnist_dir, 3) as deployment:
         output = run_and_kill(deployment, REPO / "examples" / "legacy", config, "node-2",
                               ("Receiving: train message", 3))
         assert deployment.runs()[0]["status"] == "finished:completed", output[-4000:]
     row = json.loads((out / "metrics.json").read_text())["rounds"][1]
-    assert (row["replies-accepted"], row["replies-failed"], row["outcome"]) == (2, 1, "aggregated"), row
+    assert (row.get("replies-accepted"), row.get("replies-failed"), row.get("outcome")) == (2, 1, "aggregated"), row
     assert 0 < row["mask-density"] < 1

@@ -176,8 +176,9 @@ class LegacyGuard(Strategy):
 
     def evaluate(self, server_round: int, parameters: Parameters):
         if server_round > 0 and server_round not in self.train_metrics:  # aggregate_fit was never called
-            outcome = ("kept the previous model: the round ended without aggregation (Flower's SecAggPlusWorkflow "
-                       "halts a round without an error when too few clients remain; see the server log)")
+            outcome = ("kept the previous model: the round ended without aggregation (no reply reached the "
+                       "strategy; under SecAgg+, Flower's workflow halts a round without an error when too few "
+                       "clients remain: see the server log)")
             log(WARNING, "Round %d: %s.", server_round, outcome)
             self.train_metrics[server_round] = {"replies-accepted": 0}
             self.notes[server_round] = {"outcome": outcome, "reasons": []}
