@@ -40,8 +40,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, Strategy
 
 from fedgma.strategies.arguments import check_choice, check_fraction
-from fedgma.strategies.masking import (FedGMADirection, fedgma_layer, fedgma_masked, gma_layer,
-                                      gma_masked, mask_statistics)
+from fedgma.strategies.masking import (direction_of_means, fedgma_layer, fedgma_masked, gma_layer, gma_masked,
+                                      mask_statistics)
 from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
 from fedgma.strategies.replies import (ScreenedReplies, check_arrays, check_metrics, check_num_examples,
                                        short_reason)
@@ -155,8 +155,7 @@ class LegacyGuard(Strategy):
                 accepted.append(((proxy, fit_res), arrays))
             except ValueError as problem:
                 screened.reject(f"client {proxy.cid} rejected: {problem}")
-        if self.secagg is not None and any(not all(np.array_equal(a, b) for a, b in zip(arrays, accepted[0][1]))
-                                           for _, arrays in accepted[1:]):
+        if self.secagg is not None and not _one_sum([arrays for _, arrays in accepted]):
             for (proxy, _), _ in accepted:
                 screened.reject(f"client {proxy.cid} rejected: secagg is on, but the replies differ, so they were "
                                 "not securely summed (the client app lacks secaggplus_mod?)")
@@ -183,6 +182,11 @@ class LegacyGuard(Strategy):
             self.train_metrics[server_round] = {"replies-accepted": 0}
             self.notes[server_round] = {"outcome": outcome, "reasons": []}
         return self.strategy.evaluate(server_round, parameters)
+
+
+def _one_sum(replies: list[list[np.ndarray]]) -> bool:
+    """Whether every reply holds the same arrays (SecAgg+ hands each result the one secure sum)."""
+    return all(all(np.array_equal(a, b) for a, b in zip(arrays, replies[0])) for arrays in replies[1:])
 
 
 def _distinct(failures: list) -> list:
@@ -263,8 +267,8 @@ class LegacyFedGMA(LegacyGuard):
         count = len(self.current)
         if self.secagg is not None:
             summed = accepted[0][1]
-            parts = [FedGMADirection(summed[i], summed[count + i] if self.appends_gradient else reference - summed[i],
-                                     agreement)
+            parts = [direction_of_means(reference, summed[i], summed[count + i] if self.appends_gradient else None,
+                                        agreement)
                      for i, (reference, agreement) in enumerate(zip(self.current, self.secure_agreements(accepted)))]
             layers = {str(i): fedgma_masked(part, self.p, self.server_lr) for i, part in enumerate(parts)}
         else:

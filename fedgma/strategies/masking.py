@@ -139,10 +139,18 @@ def fedgma_direction(reference: np.ndarray, client_weights: Sequence[np.ndarray]
     computed without forming the differences)."""
     mean_weights = weighted_mean(client_weights, example_weights)
     if gradients is not None:
-        return FedGMADirection(mean_weights, weighted_mean(gradients, example_weights),
-                               sign_agreement(gradients, sign_weights))
-    return FedGMADirection(mean_weights, reference - mean_weights,
-                           sign_agreement(client_weights, sign_weights, reference=reference))
+        return direction_of_means(reference, mean_weights, weighted_mean(gradients, example_weights),
+                                  sign_agreement(gradients, sign_weights))
+    return direction_of_means(reference, mean_weights, None,
+                              sign_agreement(client_weights, sign_weights, reference=reference))
+
+
+def direction_of_means(reference: np.ndarray, mean_weights: np.ndarray, mean_gradient: np.ndarray | None,
+                       agreement: np.ndarray) -> FedGMADirection:
+    """FedGMA's parts from means alone (what secure aggregation hands the server): d_bar is the mean gradient
+    when given, else the pseudo-gradient w_t - w_bar."""
+    return FedGMADirection(mean_weights, reference - mean_weights if mean_gradient is None else mean_gradient,
+                           agreement)
 
 
 def fedgma_step(part: FedGMADirection, step_mask: np.ndarray, server_lr: float) -> np.ndarray:
