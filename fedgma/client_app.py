@@ -21,10 +21,12 @@ import dataclasses
 import os
 from functools import lru_cache
 
+import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.mod import LocalDpMod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace  # LocalDpMod's own noise
 
 from fedgma.strategies.numpy_clients import NumPyClientAdapter
 from .data import client_data
@@ -107,7 +109,42 @@ def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         return call_next(msg, context)
     mod = LocalDpMod(settings.dp_clipping_norm, 2 * settings.dp_clipping_norm, settings.dp_epsilon,
                      settings.dp_delta)
-    return mod(msg, context, call_next)
+    replies = []
+
+    def train(message: Message, ctx: Context) -> Message:
+        replies.append(call_next(message, ctx))
+        return replies[-1]
+
+    try:
+        return mod(msg, context, train)
+    except ZeroDivisionError:
+        if not replies or not _unchanged(msg, replies[0]):
+            raise
+        return _noised_unchanged(replies[0], mod)
+
+
+def _unchanged(sent: Message, reply: Message) -> bool:
+    """Whether the reply's weights equal the weights sent, bit for bit (an update of norm 0)."""
+    received = next(iter(sent.content.array_records.values()))
+    returned = next(iter(reply.content.array_records.values()))
+    return all(np.array_equal(received[key].numpy(), returned[key].numpy()) for key in received)
+
+
+def _noised_unchanged(reply: Message, mod: LocalDpMod) -> Message:
+    """LocalDpMod's output for an update of norm 0, which Flower 1.39 to 1.42 cannot clip.
+
+    Their ``clip_inputs_inplace`` divides the clipping norm by the update's norm, so a client whose update is
+    exactly zero fails with "float division by zero". That happens under local DP: once the noisy global
+    model saturates, a client holding a single label (two digits on one side of 5 in the pathological split)
+    gets gradients of exactly zero. Clipping leaves a zero update as it is, so the mechanism's output is the
+    weights plus the same Gaussian noise as LocalDpMod's: standard deviation
+    sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon, drawn with Flower's own noise function.
+    """
+    key, record = next(iter(reply.content.array_records.items()))
+    arrays = record.to_numpy_ndarrays()
+    add_gaussian_noise_inplace(arrays, mod.sensitivity * np.sqrt(2 * np.log(1.25 / mod.delta)) / mod.epsilon)
+    reply.content[key] = ArrayRecord({name: Array(array) for name, array in zip(record.keys(), arrays, strict=True)})
+    return reply
 
 
 adapter = NumPyClientAdapter(client_fn)

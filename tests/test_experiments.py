@@ -137,6 +137,19 @@ def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsy
     assert "1 runs in 1 configurations" in capsys.readouterr().out  # only the grid's own run is tabled
 
 
+def test_dp_settings_of_a_run_without_dp_neither_name_nor_separate_it(tmp_path):
+    """A run without DP ignores dp-epsilon: its label leaves it out and it is the baseline of every epsilon."""
+    for seed in (0, 1):
+        fake_run(tmp_path / f"none{seed}", seed, [0.5, 0.7], strategy="fedavg", dp="none", **{"dp-epsilon": 0.5})
+        fake_run(tmp_path / f"local{seed}", seed, [0.5, 0.4 + seed / 10], strategy="fedavg", dp="local",
+                 **{"dp-epsilon": 0.99})
+    groups = group_runs(load_runs([tmp_path]))
+    assert sorted(g.label for g in groups) == ["FedAvg, dp local, dp-epsilon 0.99", "FedAvg, dp none"]
+    rows = {row["configuration"]: row for row in summary_rows(groups, {"dp": "none"})}
+    assert rows["FedAvg, dp none"]["baseline"] == IS_BASELINE
+    assert rows["FedAvg, dp local, dp-epsilon 0.99"]["delta-final-ood-seeds"] == "0:-0.3000 1:-0.2000"
+
+
 def test_config_command_joins_a_file_and_overrides(capsys):
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "output-dir=/tmp/x", "resume=true"]) == 0
     printed = capsys.readouterr().out.strip()

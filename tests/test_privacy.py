@@ -44,6 +44,19 @@ def test_local_dp_clips_and_adds_the_stated_gaussian_noise():
     assert abs(noisy.mean() - clipped) < 4 * sigma / math.sqrt(noisy.size)
 
 
+def test_local_dp_noises_an_update_of_norm_zero_which_flowers_clipping_cannot_divide_by():
+    """A client with one label under a saturated model returns the weights it got: LocalDpMod's clipping divides
+    by the update's norm (Flower 1.39 to 1.42), and the reply must still leave with the mechanism's noise."""
+    sent = {"w": np.full(20000, 0.5, np.float32)}
+    instruction = send(build_strategy(Settings.from_run_config({"strategy": "fedavg", "min-available-nodes": 1})), sent, node_ids=(1,))[0]
+    keys = {"dp": "local", "dp-clipping-norm": 1.0, "dp-epsilon": 0.9, "dp-delta": 1e-3, "strategy": "fedavg"}
+    out = local_dp(instruction, context(**keys), lambda msg, ctx: reply(msg, sent))
+    noisy = decode(out.content["arrays"])["w"]
+    sigma = 2 * 1.0 * math.sqrt(2 * math.log(1.25 / 1e-3)) / 0.9
+    assert abs(noisy.std() - sigma) < 0.03 * sigma
+    assert abs(noisy.mean() - 0.5) < 4 * sigma / math.sqrt(noisy.size)
+
+
 def test_without_dp_the_reply_is_untouched():
     sent = {"w": np.zeros(5, np.float32)}
     trained = {"w": np.arange(5, dtype=np.float32)}

@@ -16,6 +16,15 @@ NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedada
          "multikrum": "MultiKrum", "bulyan": "Bulyan", "qfedavg": "q-FedAvg", "fedgma": "FedGMA"}
 
 
+#: Keys a run ignores when it has no differential privacy: they neither name nor tell apart configurations.
+DP_KEYS = frozenset({"dp-clipping-norm", "dp-epsilon", "dp-delta", "dp-noise-multiplier"})
+
+
+def inert_keys(config: dict[str, Any]) -> frozenset[str]:
+    """The keys of ``config`` that do nothing in its run (the DP settings of a run without DP)."""
+    return DP_KEYS if config.get("dp", "none") == "none" else frozenset()
+
+
 def short_value(value: Any) -> str:
     """A run-config value as labels and run names show it: true/false, 0.0001, 1e-05, text."""
     if isinstance(value, bool):
@@ -56,5 +65,6 @@ def method_label(config: dict[str, Any]) -> str:
 
 def configuration_label(config: dict[str, Any], differing: list[str]) -> str:
     """``method_label`` plus the other ``differing`` keys (not the method's) as "key value"."""
-    others = [f"{key} {short_value(config.get(key))}" for key in differing if key not in METHOD_KEYS]
+    others = [f"{key} {short_value(config.get(key))}" for key in differing
+              if key not in METHOD_KEYS and key not in inert_keys(config)]
     return ", ".join([method_label(config)] + others)

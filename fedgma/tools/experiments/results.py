@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgma.settings import DEFAULT_RUN_CONFIG
-from .labels import configuration_label, short_value
+from .labels import configuration_label, inert_keys, short_value
 from .statistics import paired_comparison
 
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
@@ -80,10 +80,11 @@ def load_runs(paths: list[Path], completed_only: bool = True) -> list[RunResult]
 
 
 def configuration_of(config: dict[str, Any], with_seed: bool = False) -> tuple:
-    """A run config as a comparable value: every key but paths (and but the seed unless ``with_seed``),
-    unrecorded keys at their defaults."""
-    ignored = set(NOT_CONFIGURATION) - ({"seed"} if with_seed else set())
-    return tuple(sorted((k, json.dumps(v)) for k, v in (DEFAULT_RUN_CONFIG | config).items() if k not in ignored))
+    """A run config as a comparable value: every key but paths (and but the seed unless ``with_seed``) and
+    those the run ignores (``inert_keys``), unrecorded keys at their defaults."""
+    config = DEFAULT_RUN_CONFIG | config
+    ignored = (set(NOT_CONFIGURATION) - ({"seed"} if with_seed else set())) | inert_keys(config)
+    return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in ignored))
 
 
 def group_runs(runs: list[RunResult]) -> list[Group]:
