@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,10 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture
-def ray_head(tmp_path_factory):
-    """A one-node Ray cluster on free ports; yields (address, temp dir); stopped by PID afterwards."""
-    temp = tmp_path_factory.mktemp("ray-head")
+def ray_head():
+    """A one-node Ray cluster on free ports; yields (address, temp dir); stopped by PID afterwards. The temp dir
+    is a short one in /tmp, not pytest's: Ray's socket paths under it must stay under 108 bytes."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-head-"))
     port, client_port = free_port(), free_port()
     ports = {"--port": port, "--ray-client-server-port": client_port, "--dashboard-port": free_port(),
              "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
@@ -47,12 +50,13 @@ def ray_head(tmp_path_factory):
     finally:
         stop_tree_and_mentions(str(temp))
         stop_tree_and_mentions(f"--port={client_port} ")  # Ray's client server names neither folder nor head
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_simulation_runs_on_an_existing_ray_cluster(ray_head, mnist_dir, tmp_path):
     address, temp = ray_head
     out = tmp_path / "out"
-    with LocalFlower(tmp_path / "flwr", env={"RAY_ADDRESS": address}) as flower:
+    with LocalFlower(env={"RAY_ADDRESS": address}) as flower:
         done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 100,
                                  "max-test-examples": 200, "output-dir": str(out)}, 2)
         assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]

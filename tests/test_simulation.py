@@ -20,8 +20,8 @@ pytestmark = pytest.mark.simulation
 
 
 @pytest.fixture(scope="module")
-def flower(tmp_path_factory):
-    with LocalFlower(tmp_path_factory.mktemp("flwr")) as local:
+def flower():
+    with LocalFlower() as local:  # its own short /tmp folder: Ray socket paths must stay under 108 bytes
         yield local
 
 
