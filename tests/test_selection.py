@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedgma.tools.experiments.grid import load_grid
-from fedgma.tools.experiments.headline import headline_rows, selection_table, task_rows, with_holm
+from fedgma.tools.experiments.headline import headline_rows, selection_table, task_rows, to_markdown, with_holm
 
 TUNE = """
 description = "tiny tuning grid"
@@ -126,6 +126,17 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     spec.write_text(f'[[task]]\nname = "tiny"\ngrid = "{final}"\n')
     all_rows, waiting, _ = headline_rows(results, spec)
     assert len(all_rows) == 4 and waiting == []
+    table = to_markdown(all_rows)
+    assert "| +10.6 [+" in table and "nan" not in table
+    # with one fresh seed so far (a grid under way) a CI is not defined, and the table says so
+    single = tmp_path / "single"
+    for run in load_grid(str(tune), single).runs:
+        write_run(single / "tune" / run.name, run.config, 0.5, *SCORES[run.group.removeprefix("variant=")])
+    for run in load_grid(str(final), single).runs:
+        if run.config["seed"] == 10:
+            write_run(single / "final" / run.name, run.config, finals.get(run.group, finals["variant=fedgma-a"])[0])
+    table = to_markdown(with_holm(task_rows("tiny", load_grid(str(final), single), single)))
+    assert "[-, -] vs FedAvg" in table and "nan" not in table
 
 
 def test_the_headline_quotes_every_published_table_with_its_source():

@@ -145,8 +145,9 @@ def headline_rows(results: Path, spec: Path = HEADLINE) -> tuple[list[Row], list
     return with_holm(rows), waiting, config
 
 
-def _pct(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+def _pct(value: float, sign: str = "") -> str:
+    """A fraction as a percentage with one decimal ("-" where it is not defined, e.g. a CI of one seed)."""
+    return "-" if math.isnan(value) else f"{100 * value:{sign}.1f}"
 
 
 def _verdict(row: Row) -> str:
@@ -166,7 +167,7 @@ def to_markdown(rows: list[Row]) -> str:
     for row in rows:
         cell = row.cells()
         c = row.comparison
-        difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}] "
+        difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{_pct(c.low, '+')}, {_pct(c.high, '+')}] "
                                             f"vs {row.compared_with}")
         lines.append(" | ".join([
             f"| {row.task}", row.method, row.selected, str(cell["n"]),
