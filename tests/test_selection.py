@@ -137,6 +137,9 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
             write_run(single / "final" / run.name, run.config, finals.get(run.group, finals["variant=fedgma-a"])[0])
     table = to_markdown(with_holm(task_rows("tiny", load_grid(str(final), single), single)))
     assert "[-, -] vs FedAvg" in table and "nan" not in table
+    rows, waiting, _ = headline_rows(single, spec)  # and the headline gives no verdict on a grid under way
+    assert waiting == [f"tiny (grid {final}): 6 of 30 runs complete; its rows are provisional and carry no verdict"]
+    assert all(not row.complete for row in rows) and "better" not in to_markdown(rows)
 
 
 def test_the_headline_quotes_every_published_table_with_its_source():

@@ -46,6 +46,7 @@ class Row:
     oracle_mean: float
     comparison: PairedComparison | None
     p_holm: float = math.nan
+    complete: bool = True  # False while the row's grid still has runs to go: no verdict yet
 
     def cells(self) -> dict[str, Any]:
         mean, low, high = mean_interval(list(self.finals.values())) if self.finals else (math.nan,) * 3
@@ -138,9 +139,15 @@ def headline_rows(results: Path, spec: Path = HEADLINE) -> tuple[list[Row], list
     for task in config["task"]:
         grid = load_grid(task["grid"], results)
         found = task_rows(task["name"], grid, results)
+        done = sum(map(len, _runs_by_group(grid, results).values())) if found else 0
         if grid.pending or not found:
             waiting.append(f"{task['name']} (grid {task['grid']}): "
                            + (grid.pending if grid.pending else "no completed run yet"))
+        elif done < len(grid.runs):
+            waiting.append(f"{task['name']} (grid {task['grid']}): {done} of {len(grid.runs)} runs complete; "
+                           "its rows are provisional and carry no verdict")
+            for row in found:
+                row.complete = False
         rows += found
     return with_holm(rows), waiting, config
 
@@ -153,6 +160,8 @@ def _pct(value: float, sign: str = "") -> str:
 def _verdict(row: Row) -> str:
     if not row.comparison or math.isnan(row.p_holm):
         return "-"
+    if not row.complete:
+        return "none yet (grid incomplete)"
     if row.p_holm < ALPHA:
         return "better" if row.comparison.mean > 0 else "worse"
     return "no difference shown"
