@@ -59,11 +59,15 @@ SCORES = {"avg-a": (0.80, 0.20), "avg-b": (0.70, 0.30), "gma-a": (0.60, 0.50), "
           "fedgma-a": (0.5, 0.5)}
 
 
-def write_run(folder, config, ood, train_val=0.5, test_val=0.5, rounds=10):
+AVX512 = {"cpu": "AMD EPYC", "cores": 2, "vector-unit": "avx512f", "bf16-units": True}
+
+
+def write_run(folder, config, ood, train_val=0.5, test_val=0.5, rounds=10, machine=AVX512):
     folder.mkdir(parents=True)
     rows = [{"round": r, "ood-accuracy": ood * r / rounds, "train-val-accuracy": train_val,
              "test-val-accuracy": test_val} for r in range(rounds + 1)]
-    (folder / "metrics.json").write_text(json.dumps({"config": config, "rounds": rows, "status": "completed"}))
+    (folder / "metrics.json").write_text(json.dumps({"config": config, "rounds": rows, "status": "completed",
+                                                     "machine": machine}))
 
 
 @pytest.fixture
@@ -124,10 +128,12 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     assert gma.oracle_selected == "gma-a" and gma.oracle_mean == pytest.approx(0.506)  # re-run too, not tested
     spec = tmp_path / "headline.toml"
     spec.write_text(f'[[task]]\nname = "tiny"\ngrid = "{final}"\n')
-    all_rows, waiting, _ = headline_rows(results, spec)
-    assert len(all_rows) == 4 and waiting == []
-    table = to_markdown(all_rows)
-    assert "| +10.6 [+" in table and "nan" not in table
+    headline = headline_rows(results, spec)
+    assert len(headline.rows) == 4 and headline.waiting == []
+    assert headline.machines == [f"tiny (grid {final}): all 30 runs on one kind of machine (AMD EPYC, avx512f, "
+                                 "bf16 units)"]
+    table = to_markdown(headline.rows)
+    assert "| +10.6 [+" in table and "nan" not in table and "across machines" not in table
     # with one fresh seed so far (a grid under way) a CI is not defined, and the table says so
     single = tmp_path / "single"
     for run in load_grid(str(tune), single).runs:
@@ -137,9 +143,26 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
             write_run(single / "final" / run.name, run.config, finals.get(run.group, finals["variant=fedgma-a"])[0])
     table = to_markdown(with_holm(task_rows("tiny", load_grid(str(final), single), single)))
     assert "[-, -] vs FedAvg" in table and "nan" not in table
-    rows, waiting, _ = headline_rows(single, spec)  # and the headline gives no verdict on a grid under way
-    assert waiting == [f"tiny (grid {final}): 6 of 30 runs complete; its rows are provisional and carry no verdict"]
-    assert all(not row.complete for row in rows) and "better" not in to_markdown(rows)
+    headline = headline_rows(single, spec)  # and the headline gives no verdict on a grid under way
+    assert headline.waiting == [f"tiny (grid {final}): 6 of 30 runs complete; its rows are provisional and carry "
+                                "no verdict"]
+    assert all(not row.complete for row in headline.rows) and "better" not in to_markdown(headline.rows)
+
+
+def test_the_headline_names_the_seeds_paired_across_kinds_of_machine(grids):
+    tune, final, results = grids
+    for run in load_grid(str(tune), results).runs:
+        write_run(results / "tune" / run.name, run.config, 0.5, *SCORES[run.group.removeprefix("variant=")])
+    avx2 = {"cpu": "AMD EPYC", "cores": 2, "vector-unit": "avx2", "bf16-units": False}
+    for run in load_grid(str(final), results).runs:
+        # FedAvg's seed 11 ran on another kind of machine than every other run
+        moved = run.group == "variant=avg-a" and run.config["seed"] == 11
+        write_run(results / "final" / run.name, run.config, 0.5 + run.config["seed"] / 1000,
+                  machine=avx2 if moved else AVX512)
+    rows = {row.method: row for row in with_holm(task_rows("tiny", load_grid(str(final), results), results))}
+    assert rows["GMA"].cross_machine == (11,) and rows["FedGMA"].cross_machine == (11,)
+    assert rows["FedGMA, random-mask control"].cross_machine == ()  # compared with FedGMA: same machines
+    assert "+0.0 [+0.0, +0.0] vs FedAvg; seed 11 paired across machines" in to_markdown(list(rows.values()))
 
 
 def test_the_headline_quotes_every_published_table_with_its_source():

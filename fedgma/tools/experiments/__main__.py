@@ -155,17 +155,19 @@ def _config(args: argparse.Namespace) -> int:
 
 def _headline(args: argparse.Namespace) -> int:
     """docs/results/headline.md and .csv: the headline table of every task in headline.toml."""
-    rows, waiting, config = headline_rows(args.results)
+    headline = headline_rows(args.results)
     out = args.out or DOCS
     out.mkdir(parents=True, exist_ok=True)
+    notes = [f"not yet: {line}" for line in headline.waiting] + [f"machines: {line}" for line in headline.machines]
     text = ("**Headline: configurations selected by training-domain validation (oracle: test-domain validation, "
             "in brackets, not tested), fresh seeds, last round; differences paired by seed, p from a paired "
-            "t-test, Holm-corrected over the table.** Accuracies in %.\n\n" + headline_markdown(rows)
-            + "".join(f"\n- not yet: {line}" for line in waiting) + ("\n" if waiting else "")
+            "t-test, Holm-corrected over the table.** Accuracies in %.\n\n" + headline_markdown(headline.rows)
+            + "".join(f"\n- {line}" for line in notes) + ("\n" if notes else "")
             + "\n**Published centralized numbers, for orientation only** (centralized training, other splits and "
-            "models: not comparable one to one with the federated rows above):\n\n" + published_markdown(config))
+            "models: not comparable one to one with the federated rows above):\n\n"
+            + published_markdown(headline.config))
     (out / "headline.md").write_text(text)
-    (out / "headline.csv").write_text(headline_csv(rows))
+    (out / "headline.csv").write_text(headline_csv(headline.rows))
     print(text)
     return 0
 

@@ -11,6 +11,12 @@ not part of the tested family. A matched control of a method is compared with
 that method, not with the baseline. ``plateau`` is the change of training-domain
 validation accuracy over the last fifth of the rounds: near 0 means the curve had
 flattened.
+
+Every run records the machine it ran on, and the kind of machine changes the
+numbers a little (the same run, seed and code: final OOD accuracy 0.16225 on an
+AVX2-only CPU, 0.161625 on an AVX-512 one; float kernels differ), so the table
+says, per task, on which kinds of machine its runs were made and, next to a
+difference, which seeds were paired across kinds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import io
 import math
 import statistics
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,7 @@ class Row:
     comparison: PairedComparison | None
     p_holm: float = math.nan
     complete: bool = True  # False while the row's grid still has runs to go: no verdict yet
+    cross_machine: tuple[int, ...] = ()  # seeds whose two paired runs ran on different kinds of machine
 
     def cells(self) -> dict[str, Any]:
         mean, low, high = mean_interval(list(self.finals.values())) if self.finals else (math.nan,) * 3
@@ -57,7 +65,15 @@ class Row:
                 "OOD AUC": self.auc, "plateau": self.plateau, "compared with": self.compared_with,
                 "difference": c.mean if c else math.nan, "difference ci-low": c.low if c else math.nan,
                 "difference ci-high": c.high if c else math.nan, "p": c.p_value if c else math.nan,
-                "p (Holm)": self.p_holm}
+                "p (Holm)": self.p_holm, "seeds paired across machines": " ".join(map(str, self.cross_machine))}
+
+
+@dataclass
+class Headline:
+    rows: list[Row]
+    waiting: list[str]  # tasks whose grid is not complete (or not started), and why
+    machines: list[str]  # per task: the kinds of machine its runs were made on
+    config: dict[str, Any]  # headline.toml
 
 
 def final(run: RunResult) -> float:
@@ -78,6 +94,14 @@ def plateau(run: RunResult, key: str = "train-val-accuracy") -> float:
     return statistics.fmean(values[-fifth:]) - statistics.fmean(values[-2 * fifth:-fifth])
 
 
+def machine_kind(run: RunResult) -> str:
+    """What of the recorded machine can change a run's numbers: CPU, widest vector unit, bf16 units."""
+    machine = run.report.get("machine")
+    if not machine:
+        return "machine not recorded"
+    return f"{machine['cpu']}, {machine['vector-unit']}" + (", bf16 units" if machine.get("bf16-units") else "")
+
+
 def _runs_by_group(grid: Grid, results: Path) -> dict[str, list[RunResult]]:
     found = {r.folder: r for r in load_runs([results / grid.name])} if (results / grid.name).exists() else {}
     groups: dict[str, list[RunResult]] = {}
@@ -94,20 +118,24 @@ def _mean_final(runs: list[RunResult]) -> float:
 def _row(task: str, method: str, group: str, runs: list[RunResult], compared_with: str,
          against: list[RunResult] | None, oracle_group: str, oracle_runs: list[RunResult]) -> Row:
     finals = {int(r.config["seed"]): final(r) for r in runs}
-    comparison = None
+    comparison, crossed = None, ()
     if against is not None and runs and against:
         comparison = paired_comparison(finals, {int(r.config["seed"]): final(r) for r in against})
+        kinds = {int(r.config["seed"]): machine_kind(r) for r in against}
+        crossed = tuple(sorted(int(r.config["seed"]) for r in runs
+                               if kinds.get(int(r.config["seed"]), machine_kind(r)) != machine_kind(r)))
     return Row(task, method, group.removeprefix("variant="), compared_with, finals,
                statistics.fmean(map(area_under_curve, runs)) if runs else math.nan,
                statistics.fmean(map(plateau, runs)) if runs else math.nan,
-               oracle_group.removeprefix("variant="), _mean_final(oracle_runs), comparison)
+               oracle_group.removeprefix("variant="), _mean_final(oracle_runs), comparison, cross_machine=crossed)
 
 
 def task_rows(task: str, grid: Grid, results: Path) -> list[Row]:
     """The rows of one selected grid: each method, then each control (see the module docstring)."""
-    if grid.pending:
-        return []
-    groups = _runs_by_group(grid, results)
+    return [] if grid.pending else _rows_of_groups(task, grid, _runs_by_group(grid, results))
+
+
+def _rows_of_groups(task: str, grid: Grid, groups: dict[str, list[RunResult]]) -> list[Row]:
     trained, oracle = grid.selected["training-domain"], grid.selected["oracle"]
     base = grid.baseline_method
     base_runs = groups.get(trained[base].variant, [])
@@ -132,24 +160,36 @@ def with_holm(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def headline_rows(results: Path, spec: Path = HEADLINE) -> tuple[list[Row], list[str], dict[str, Any]]:
-    """The rows of every task in ``headline.toml``, the tasks still waiting, and the spec itself."""
+def machines_line(task: str, grid_name: str, runs: list[RunResult]) -> str:
+    """How many of a task's runs ran on each kind of machine."""
+    kinds = Counter(map(machine_kind, runs)).most_common()
+    if len(kinds) == 1:
+        return f"{task} (grid {grid_name}): all {kinds[0][1]} runs on one kind of machine ({kinds[0][0]})"
+    return (f"{task} (grid {grid_name}): " + "; ".join(f"{n} runs on {kind}" for kind, n in kinds)
+            + "; a difference names the seeds it paired across kinds")
+
+
+def headline_rows(results: Path, spec: Path = HEADLINE) -> Headline:
+    """The rows of every task in ``headline.toml``, the tasks still waiting, their machines, and the spec."""
     config = tomllib.loads(spec.read_text())
-    rows, waiting = [], []
+    rows, waiting, machines = [], [], []
     for task in config["task"]:
         grid = load_grid(task["grid"], results)
-        found = task_rows(task["name"], grid, results)
-        done = sum(map(len, _runs_by_group(grid, results).values())) if found else 0
+        groups = {} if grid.pending else _runs_by_group(grid, results)
+        found = [] if grid.pending else _rows_of_groups(task["name"], grid, groups)
+        done = [run for runs in groups.values() for run in runs]
+        if done:
+            machines.append(machines_line(task["name"], task["grid"], done))
         if grid.pending or not found:
             waiting.append(f"{task['name']} (grid {task['grid']}): "
                            + (grid.pending if grid.pending else "no completed run yet"))
-        elif done < len(grid.runs):
-            waiting.append(f"{task['name']} (grid {task['grid']}): {done} of {len(grid.runs)} runs complete; "
+        elif len(done) < len(grid.runs):
+            waiting.append(f"{task['name']} (grid {task['grid']}): {len(done)} of {len(grid.runs)} runs complete; "
                            "its rows are provisional and carry no verdict")
             for row in found:
                 row.complete = False
         rows += found
-    return with_holm(rows), waiting, config
+    return Headline(with_holm(rows), waiting, machines, config)
 
 
 def _pct(value: float, sign: str = "") -> str:
@@ -178,6 +218,8 @@ def to_markdown(rows: list[Row]) -> str:
         c = row.comparison
         difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{_pct(c.low, '+')}, {_pct(c.high, '+')}] "
                                             f"vs {row.compared_with}")
+        if row.cross_machine:
+            difference += f"; seed {', '.join(map(str, row.cross_machine))} paired across machines"
         lines.append(" | ".join([
             f"| {row.task}", row.method, row.selected, str(cell["n"]),
             f"{_pct(cell['final OOD acc'])} [{_pct(cell['ci-low'])}, {_pct(cell['ci-high'])}]",
