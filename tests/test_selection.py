@@ -174,3 +174,14 @@ def test_the_headline_quotes_every_published_table_with_its_source():
     text = published_markdown(config)
     assert len(config["published"]) == 2 and "arXiv 1907.02893" in text and "DomainBed" in text
     assert "| IRM | 66.9 ± 2.5 |" in text and "| optimum (the 25% label noise caps it) | 75.0 |" in text
+
+
+def test_the_readme_headline_is_the_one_the_committed_runs_give():
+    from fedgma.tools.experiments.grid import REPO, RESULTS
+    from fedgma.tools.experiments.headline import readme_block, with_readme_block
+
+    readme = (REPO / "README.md").read_text()
+    rebuilt = with_readme_block(readme, readme_block(headline_rows(RESULTS)))
+    assert rebuilt == readme, "README.md's headline table is stale: run `python -m fedgma.tools.experiments report`"
+    with pytest.raises(ValueError, match="no headline block"):
+        with_readme_block("# a README without the block\n", "table")

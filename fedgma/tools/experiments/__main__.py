@@ -19,7 +19,8 @@ from pathlib import Path
 from ..local_flower import LocalFlower, run_config_arg
 from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
-from .headline import headline_rows, published_markdown, selection_table, task_rows, with_holm
+from .headline import (headline_rows, published_markdown, readme_block, selection_table, task_rows,
+                       with_holm, with_readme_block)
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
 from .plots import plot_all
@@ -28,6 +29,7 @@ from .results import LAST_ROUNDS, NO_BASELINE, baseline_label, group_runs, load_
 from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
 DOCS = REPO / "docs" / "results"
+README = REPO / "README.md"
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -168,6 +170,8 @@ def _headline(args: argparse.Namespace) -> int:
             + published_markdown(headline.config))
     (out / "headline.md").write_text(text)
     (out / "headline.csv").write_text(headline_csv(headline.rows))
+    if args.out is None:  # the committed report: the README's one-screen table follows it
+        README.write_text(with_readme_block(README.read_text(), readme_block(headline)))
     print(text)
     return 0
 

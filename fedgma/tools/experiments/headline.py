@@ -207,27 +207,56 @@ def _verdict(row: Row) -> str:
     return "no difference shown"
 
 
-def to_markdown(rows: list[Row]) -> str:
-    """The headline table (accuracies in %)."""
-    head = ["task", "method", "selected (training-domain val.)", "n", "final OOD acc [95% CI]",
-            "oracle: selected, final OOD acc", "OOD AUC", "plateau", "difference [95% CI]", "p", "p (Holm)",
-            "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cell = row.cells()
-        c = row.comparison
-        difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{_pct(c.low, '+')}, {_pct(c.high, '+')}] "
-                                            f"vs {row.compared_with}")
-        if row.cross_machine:
-            difference += f"; seed {', '.join(map(str, row.cross_machine))} paired across machines"
-        lines.append(" | ".join([
-            f"| {row.task}", row.method, row.selected, str(cell["n"]),
-            f"{_pct(cell['final OOD acc'])} [{_pct(cell['ci-low'])}, {_pct(cell['ci-high'])}]",
-            f"({row.oracle_selected}, {_pct(row.oracle_mean)})", _pct(row.auc),
-            "-" if math.isnan(row.plateau) else f"{100 * row.plateau:+.2f}",
-            difference, "-" if c is None or math.isnan(c.p_value) else f"{c.p_value:.3g}",
-            "-" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}", _verdict(row)]) + " |")
+#: Columns of the full table (docs/results/headline.md), and of the README's one-screen version.
+COLUMNS = ("task", "method", "selected (training-domain val.)", "n", "final OOD acc [95% CI]",
+           "oracle: selected, final OOD acc", "OOD AUC", "plateau", "difference [95% CI]", "p", "p (Holm)", "verdict")
+README_COLUMNS = ("task", "method", "selected (training-domain val.)", "n", "final OOD acc [95% CI]",
+                  "oracle: selected, final OOD acc", "difference [95% CI]", "p", "p (Holm)", "verdict")
+
+
+def _display(row: Row) -> dict[str, str]:
+    """Every column of ``row`` as table text (accuracies in %)."""
+    cell = row.cells()
+    c = row.comparison
+    difference = "-" if c is None else (f"{100 * c.mean:+.1f} [{_pct(c.low, '+')}, {_pct(c.high, '+')}] "
+                                        f"vs {row.compared_with}")
+    if row.cross_machine:
+        difference += f"; seed {', '.join(map(str, row.cross_machine))} paired across machines"
+    return {"task": row.task, "method": row.method, "selected (training-domain val.)": row.selected,
+            "n": str(cell["n"]),
+            "final OOD acc [95% CI]": f"{_pct(cell['final OOD acc'])} [{_pct(cell['ci-low'])}, {_pct(cell['ci-high'])}]",
+            "oracle: selected, final OOD acc": f"({row.oracle_selected}, {_pct(row.oracle_mean)})",
+            "OOD AUC": _pct(row.auc), "plateau": "-" if math.isnan(row.plateau) else f"{100 * row.plateau:+.2f}",
+            "difference [95% CI]": difference, "p": "-" if c is None or math.isnan(c.p_value) else f"{c.p_value:.3g}",
+            "p (Holm)": "-" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}", "verdict": _verdict(row)}
+
+
+def to_markdown(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The headline table, or the chosen ``columns`` of it (accuracies in %)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_display(row)[column] for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+#: The README's headline block lies between these lines; ``report`` rewrites it, and a test keeps it current.
+README_START = "<!-- headline: written by `python -m fedgma.tools.experiments report` from committed runs -->"
+README_END = "<!-- end of headline -->"
+
+
+def readme_block(headline: Headline) -> str:
+    """The README's one-screen headline: the table's main columns and what is not there yet."""
+    notes = "".join(f"\n- not yet: {line}" for line in headline.waiting)
+    return (f"{README_START}\n{to_markdown(headline.rows, README_COLUMNS)}{notes}{chr(10) if notes else ''}"
+            f"{README_END}")
+
+
+def with_readme_block(readme: str, block: str) -> str:
+    """``readme`` with its headline block replaced by ``block``."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md has no headline block: it needs the line {README_START!r} and, after it, "
+                         f"{README_END!r}")
+    return readme[:start] + block + readme[end + len(README_END):]
 
 
 def published_markdown(config: dict[str, Any]) -> str:
