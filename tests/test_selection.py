@@ -146,7 +146,18 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     headline = headline_rows(single, spec)  # and the headline gives no verdict on a grid under way
     assert headline.waiting == [f"tiny (grid {final}): 6 of 30 runs complete; its rows are provisional and carry "
                                 "no verdict"]
-    assert all(not row.complete for row in headline.rows) and "better" not in to_markdown(headline.rows)
+    assert all(row.pending == "grid incomplete" for row in headline.rows)
+    assert "better" not in to_markdown(headline.rows)
+    # a complete task waits for the rest of its Holm family, whose tests can still raise its corrected p-values
+    second = tmp_path / "second.toml"
+    second.write_text(final.read_text())
+    spec.write_text(spec.read_text() + f'[[task]]\nname = "second"\ngrid = "{second}"\n')
+    headline = headline_rows(results, spec)
+    assert headline.waiting == [f"second (grid {second}): 0 of 30 runs complete; its rows are provisional and carry "
+                                "no verdict"]
+    tiny = [row for row in headline.rows if row.task == "tiny"]
+    assert {row.pending for row in tiny} == {"other tasks incomplete"} and "better" not in to_markdown(tiny)
+    assert "none yet (other tasks incomplete)" in to_markdown(tiny)
 
 
 def test_the_headline_names_the_seeds_paired_across_kinds_of_machine(grids):

@@ -53,7 +53,7 @@ class Row:
     oracle_mean: float
     comparison: PairedComparison | None
     p_holm: float = math.nan
-    complete: bool = True  # False while the row's grid still has runs to go: no verdict yet
+    pending: str = ""  # why the row has no verdict yet (its grid, or another task of the Holm family, is running)
     cross_machine: tuple[int, ...] = ()  # seeds whose two paired runs ran on different kinds of machine
 
     def cells(self) -> dict[str, Any]:
@@ -187,8 +187,11 @@ def headline_rows(results: Path, spec: Path = HEADLINE) -> Headline:
             waiting.append(f"{task['name']} (grid {task['grid']}): {len(done)} of {len(grid.runs)} runs complete; "
                            "its rows are provisional and carry no verdict")
             for row in found:
-                row.complete = False
+                row.pending = "grid incomplete"
         rows += found
+    if waiting:  # Holm's correction is over the whole table: no verdict is final until every task is in
+        for row in rows:
+            row.pending = row.pending or "other tasks incomplete"
     return Headline(with_holm(rows), waiting, machines, config)
 
 
@@ -200,8 +203,8 @@ def _pct(value: float, sign: str = "") -> str:
 def _verdict(row: Row) -> str:
     if not row.comparison or math.isnan(row.p_holm):
         return "-"
-    if not row.complete:
-        return "none yet (grid incomplete)"
+    if row.pending:
+        return f"none yet ({row.pending})"
     if row.p_holm < ALPHA:
         return "better" if row.comparison.mean > 0 else "worse"
     return "no difference shown"
