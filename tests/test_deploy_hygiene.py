@@ -7,12 +7,13 @@ import stat
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from fedgma.tools.deploy.__main__ import main as deploy_main
 from fedgma.tools.deploy.keys import make_certificates, make_node_key
 from fedgma.tools.deploy.local import Deployment
-from fedgma.tools.processes import identity, is_alive, stop
+from fedgma.tools.processes import identity, is_alive, same_process, stop
 
 
 def test_private_keys_are_created_0600_and_never_through_a_planted_file(tmp_path, monkeypatch):
@@ -51,5 +52,21 @@ def test_down_leaves_a_process_it_cannot_prove_it_started(tmp_path, capsys):
         assert Deployment(tmp_path).pids == {"node-0": bystander.pid}
         deploy_main(["down", "--workdir", str(tmp_path)])
         bystander.wait(timeout=10)
+    finally:
+        stop({bystander.pid}, grace=0.5)
+
+
+def test_a_wall_clock_step_does_not_hide_a_recorded_process(monkeypatch):
+    """The start time psutil reports follows the wall clock (boot time + ticks since boot): after an NTP step of
+    a second the process is still the one recorded; a start 100 s away or another command line is not."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        recorded = identity(bystander.pid)
+        real = psutil.boot_time()  # psutil's Linux backend adds its own boot_time() to the ticks since boot
+        monkeypatch.setattr("psutil._pslinux.boot_time", lambda: real + 1.0)  # /proc/stat btime moved by 1 s
+        assert identity(bystander.pid)["started"] == pytest.approx(recorded["started"] + 1.0, abs=0.05)
+        assert same_process(recorded)
+        assert not same_process(recorded | {"started": recorded["started"] - 100})
+        assert not same_process(recorded | {"command": ["flower-supernode"]})
     finally:
         stop({bystander.pid}, grace=0.5)

@@ -49,10 +49,18 @@ def identity(pid: int) -> dict | None:
         return None
 
 
+#: How far two readings of one process's start time may differ. psutil gives it as the boot time plus the
+#: (fixed) ticks since boot, and the boot time follows the wall clock: an NTP adjustment moves it, by a whole
+#: second on Linux, whose /proc/stat btime is an integer. With 0.01 s, ``down`` on a loaded CI machine once
+#: refused to stop a process it had itself recorded (same PID and command, so the start times had differed).
+#: A PID reused by the same command line within 2 s is not a case to guard against.
+START_TOLERANCE_S = 2.0
+
+
 def same_process(recorded: dict) -> bool:
     """Whether the process ``recorded`` by :func:`identity` still runs (same PID, start time and command)."""
     now = identity(int(recorded.get("pid", -1))) if isinstance(recorded, dict) else None
-    return (now is not None and abs(now["started"] - float(recorded.get("started", -1))) < 0.01
+    return (now is not None and abs(now["started"] - float(recorded.get("started", -1))) < START_TOLERANCE_S
             and now["command"] == recorded.get("command"))
 
 
