@@ -5,7 +5,8 @@ import json
 import pytest
 
 from fedgma.tools.experiments.grid import load_grid
-from fedgma.tools.experiments.headline import headline_rows, selection_table, task_rows, to_markdown, with_holm
+from fedgma.tools.experiments.headline import (headline_rows, mask_table, selection_table, task_rows, to_markdown,
+                                               with_holm)
 
 TUNE = """
 description = "tiny tuning grid"
@@ -62,10 +63,11 @@ SCORES = {"avg-a": (0.80, 0.20), "avg-b": (0.70, 0.30), "gma-a": (0.60, 0.50), "
 AVX512 = {"cpu": "AMD EPYC", "cores": 2, "vector-unit": "avx512f", "bf16-units": True}
 
 
-def write_run(folder, config, ood, train_val=0.5, test_val=0.5, rounds=10, machine=AVX512):
+def write_run(folder, config, ood, train_val=0.5, test_val=0.5, rounds=10, machine=AVX512, masks=None):
+    """A completed run's metrics.json; ``masks(round)``, if given, the mask keys the server records each round."""
     folder.mkdir(parents=True)
     rows = [{"round": r, "ood-accuracy": ood * r / rounds, "train-val-accuracy": train_val,
-             "test-val-accuracy": test_val} for r in range(rounds + 1)]
+             "test-val-accuracy": test_val} | (masks(r) if masks and r > 0 else {}) for r in range(rounds + 1)]
     (folder / "metrics.json").write_text(json.dumps({"config": config, "rounds": rows, "status": "completed",
                                                      "machine": machine}))
 
@@ -174,6 +176,25 @@ def test_the_headline_names_the_seeds_paired_across_kinds_of_machine(grids):
     assert rows["GMA"].cross_machine == (11,) and rows["FedGMA"].cross_machine == (11,)
     assert rows["FedGMA, random-mask control"].cross_machine == ()  # compared with FedGMA: same machines
     assert "+0.0 [+0.0, +0.0] vs FedAvg; seed 11 paired across machines" in to_markdown(list(rows.values()))
+
+
+def test_the_mask_table_averages_what_the_masks_recorded_over_rounds_and_seeds(grids):
+    tune, final, results = grids
+    for run in load_grid(str(tune), results).runs:
+        write_run(results / "tune" / run.name, run.config, 0.5, *SCORES[run.group.removeprefix("variant=")])
+    grid = load_grid(str(final), results)
+    for run in grid.runs:
+        seed = run.config["seed"]
+        masks = None if run.config.get("strategy") != "fedgma" else (  # only FedGMA and its control record a mask
+            lambda r, seed=seed: {"mask-density": 0.1 * (seed - 9), "mean-agreement": r / 10,
+                                  "mask-density/fc.weight": 0.5, "mask-density/fc.bias": 1.0})
+        write_run(results / "final" / run.name, run.config, 0.5, masks=masks)
+    lines = mask_table(grid, results).splitlines()
+    assert lines[0] == "| configuration | n | mask density | mean sign agreement | fc.weight | fc.bias |"
+    # densities 0.1 to 0.5 over seeds 10-14: mean 0.3; agreement r/10 over rounds 1-10 (not round 0): 0.55
+    assert lines[2:] == ["| fedgma-a | 5 | 0.300 | 0.550 | 0.500 | 1.000 |",
+                         "| fedgma-a+random-mask | 5 | 0.300 | 0.550 | 0.500 | 1.000 |"]
+    assert mask_table(load_grid(str(tune), results), results) == ""  # no run recorded a mask
 
 
 def test_the_headline_quotes_every_published_table_with_its_source():

@@ -281,6 +281,34 @@ def to_csv(rows: list[Row]) -> str:
     return buffer.getvalue()
 
 
+def mask_table(grid: Grid, results: Path) -> str:
+    """What the masks did on a selected grid's runs: per configuration, the fraction of coordinates kept and
+    the mean sign agreement, over every round and seed, overall and per layer.
+
+    Why: accuracy says whether a mask helped; these say whether it reacted to the clients' disagreement at
+    all (say, when one environment's colour points the other way), which the controls cannot show.
+    """
+    groups = {name: runs for name, runs in _runs_by_group(grid, results).items()
+              if any("mask-density" in row for run in runs for row in run.rounds)}
+    if not groups:
+        return ""
+    layers = list(dict.fromkeys(key for runs in groups.values() for row in runs[0].rounds for key in row
+                                if key.startswith("mask-density/")))  # in the model's order
+    header = ["configuration", "n", "mask density", "mean sign agreement"] + [
+        key.removeprefix("mask-density/") for key in layers]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, runs in sorted(groups.items()):
+        lines.append(f"| {name.removeprefix('variant=')} | {len(runs)} | "
+                     + " | ".join(_round_mean(runs, key) for key in ["mask-density", "mean-agreement", *layers])
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _round_mean(runs: list[RunResult], key: str) -> str:
+    values = [float(row[key]) for run in runs for row in run.rounds if row["round"] > 0 and key in row]
+    return f"{statistics.fmean(values):.3f}" if values else "-"
+
+
 def selection_table(grid: Grid) -> str:
     """Every candidate of a selected grid's tuning grid with both validation scores; the chosen in bold."""
     if grid.pending:
