@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedgma.tools.experiments.grid import load_grid
-from fedgma.tools.experiments.headline import (headline_rows, mask_table, selection_table, task_rows, to_markdown,
-                                               with_holm)
+from fedgma.tools.experiments.headline import (headline_rows, mask_table, runs_by_group, selection_table, task_rows,
+                                               to_markdown, with_holm)
 
 TUNE = """
 description = "tiny tuning grid"
@@ -118,7 +118,7 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     for run in grid.runs:
         values = finals.get(run.group, finals["variant=fedgma-a"])
         write_run(results / "final" / run.name, run.config, values[run.config["seed"] - 10])
-    rows = with_holm(task_rows("tiny", grid, results))
+    rows = with_holm(task_rows("tiny", grid, runs_by_group(grid, results)))
     by_method = {row.method: row for row in rows}
     assert set(by_method) == {"FedAvg", "GMA", "FedGMA", "FedGMA, random-mask control"}
     gma = by_method["GMA"]
@@ -143,7 +143,8 @@ def test_headline_rows_pair_by_seed_and_correct_over_the_table(grids, tmp_path):
     for run in load_grid(str(final), single).runs:
         if run.config["seed"] == 10:
             write_run(single / "final" / run.name, run.config, finals.get(run.group, finals["variant=fedgma-a"])[0])
-    table = to_markdown(with_holm(task_rows("tiny", load_grid(str(final), single), single)))
+    grid = load_grid(str(final), single)
+    table = to_markdown(with_holm(task_rows("tiny", grid, runs_by_group(grid, single))))
     assert "[-, -] vs FedAvg" in table and "nan" not in table
     headline = headline_rows(single, spec)  # and the headline gives no verdict on a grid under way
     assert headline.waiting == [f"tiny (grid {final}): 6 of 30 runs complete; its rows are provisional and carry "
@@ -172,7 +173,8 @@ def test_the_headline_names_the_seeds_paired_across_kinds_of_machine(grids):
         moved = run.group == "variant=avg-a" and run.config["seed"] == 11
         write_run(results / "final" / run.name, run.config, 0.5 + run.config["seed"] / 1000,
                   machine=avx2 if moved else AVX512)
-    rows = {row.method: row for row in with_holm(task_rows("tiny", load_grid(str(final), results), results))}
+    grid = load_grid(str(final), results)
+    rows = {row.method: row for row in with_holm(task_rows("tiny", grid, runs_by_group(grid, results)))}
     assert rows["GMA"].cross_machine == (11,) and rows["FedGMA"].cross_machine == (11,)
     assert rows["FedGMA, random-mask control"].cross_machine == ()  # compared with FedGMA: same machines
     assert "+0.0 [+0.0, +0.0] vs FedAvg; seed 11 paired across machines" in to_markdown(list(rows.values()))
@@ -189,12 +191,12 @@ def test_the_mask_table_averages_what_the_masks_recorded_over_rounds_and_seeds(g
             lambda r, seed=seed: {"mask-density": 0.1 * (seed - 9), "mean-agreement": r / 10,
                                   "mask-density/fc.weight": 0.5, "mask-density/fc.bias": 1.0})
         write_run(results / "final" / run.name, run.config, 0.5, masks=masks)
-    lines = mask_table(grid, results).splitlines()
+    lines = mask_table(runs_by_group(grid, results)).splitlines()
     assert lines[0] == "| configuration | n | mask density | mean sign agreement | fc.weight | fc.bias |"
     # densities 0.1 to 0.5 over seeds 10-14: mean 0.3; agreement r/10 over rounds 1-10 (not round 0): 0.55
     assert lines[2:] == ["| fedgma-a | 5 | 0.300 | 0.550 | 0.500 | 1.000 |",
                          "| fedgma-a+random-mask | 5 | 0.300 | 0.550 | 0.500 | 1.000 |"]
-    assert mask_table(load_grid(str(tune), results), results) == ""  # no run recorded a mask
+    assert mask_table(runs_by_group(load_grid(str(tune), results), results)) == ""  # no run recorded a mask
 
 
 def test_the_headline_quotes_every_published_table_with_its_source():

@@ -19,8 +19,8 @@ from pathlib import Path
 from ..local_flower import LocalFlower, run_config_arg
 from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
-from .headline import (headline_rows, mask_table, published_markdown, readme_block, selection_table,
-                       task_rows, with_holm, with_readme_block)
+from .headline import (headline_rows, mask_table, published_markdown, readme_block, runs_by_group,
+                       selection_table, task_rows, with_holm, with_readme_block)
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
 from .plots import plot_all
@@ -180,11 +180,12 @@ def _report_selected(grid, args: argparse.Namespace) -> int:
     """A selected grid's selection (every candidate, both criteria) and its rows of the headline table."""
     out = args.out or DOCS / grid.name
     out.mkdir(parents=True, exist_ok=True)
-    rows = with_holm(task_rows(grid.name, grid, args.results))
+    groups = runs_by_group(grid, args.results)
+    rows = with_holm(task_rows(grid.name, grid, groups))
     text = (f"**{grid.description}**\n\nSelection (mean over the selection seeds of each run's last "
             f"{LAST_ROUNDS} rounds; chosen in bold):\n\n{selection_table(grid)}\nOn the fresh seeds (p Holm-"
             f"corrected within this grid only; the headline corrects over every task):\n\n{headline_markdown(rows)}")
-    masks = mask_table(grid, args.results)
+    masks = mask_table(groups)
     if masks:
         text += ("\nWhat the masks did (fresh seeds; mean over rounds 1 to the last and over seeds: fraction of "
                  "coordinates kept, overall and per layer, and mean sign agreement |mean of the clients' signs|; a "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import GRIDS, Grid, load_grid
-from .results import RunResult, load_runs
+from .results import RunResult, load_runs, round_mean
 from .selection import CRITERIA
 from .statistics import ALPHA, PairedComparison, holm, mean_interval, paired_comparison
 
@@ -102,8 +102,12 @@ def machine_kind(run: RunResult) -> str:
     return f"{machine['cpu']}, {machine['vector-unit']}" + (", bf16 units" if machine.get("bf16-units") else "")
 
 
-def _runs_by_group(grid: Grid, results: Path) -> dict[str, list[RunResult]]:
-    found = {r.folder: r for r in load_runs([results / grid.name])} if (results / grid.name).exists() else {}
+def runs_by_group(grid: Grid, results: Path) -> dict[str, list[RunResult]]:
+    """A grid's completed runs by group, read once for its rows, machines and mask table (none while a
+    selected grid waits for its tuning grid)."""
+    if grid.pending or not (results / grid.name).exists():
+        return {}
+    found = {r.folder: r for r in load_runs([results / grid.name])}
     groups: dict[str, list[RunResult]] = {}
     for run in grid.runs:
         if results / grid.name / run.name in found:
@@ -130,12 +134,11 @@ def _row(task: str, method: str, group: str, runs: list[RunResult], compared_wit
                oracle_group.removeprefix("variant="), _mean_final(oracle_runs), comparison, cross_machine=crossed)
 
 
-def task_rows(task: str, grid: Grid, results: Path) -> list[Row]:
-    """The rows of one selected grid: each method, then each control (see the module docstring)."""
-    return [] if grid.pending else _rows_of_groups(task, grid, _runs_by_group(grid, results))
-
-
-def _rows_of_groups(task: str, grid: Grid, groups: dict[str, list[RunResult]]) -> list[Row]:
+def task_rows(task: str, grid: Grid, groups: dict[str, list[RunResult]]) -> list[Row]:
+    """The rows of one selected grid from its :func:`runs_by_group`: each method, then each control (see the
+    module docstring)."""
+    if grid.pending:
+        return []
     trained, oracle = grid.selected["training-domain"], grid.selected["oracle"]
     base = grid.baseline_method
     base_runs = groups.get(trained[base].variant, [])
@@ -175,8 +178,8 @@ def headline_rows(results: Path, spec: Path = HEADLINE) -> Headline:
     rows, waiting, machines = [], [], []
     for task in config["task"]:
         grid = load_grid(task["grid"], results)
-        groups = {} if grid.pending else _runs_by_group(grid, results)
-        found = [] if grid.pending else _rows_of_groups(task["name"], grid, groups)
+        groups = runs_by_group(grid, results)
+        found = task_rows(task["name"], grid, groups)
         done = [run for runs in groups.values() for run in runs]
         if done:
             machines.append(machines_line(task["name"], task["grid"], done))
@@ -281,32 +284,31 @@ def to_csv(rows: list[Row]) -> str:
     return buffer.getvalue()
 
 
-def mask_table(grid: Grid, results: Path) -> str:
-    """What the masks did on a selected grid's runs: per configuration, the fraction of coordinates kept and
-    the mean sign agreement, over every round and seed, overall and per layer.
+def mask_table(groups: dict[str, list[RunResult]]) -> str:
+    """What the masks did on a grid's runs (:func:`runs_by_group`): per configuration, the fraction of
+    coordinates kept and the mean sign agreement, over every round and seed, overall and per layer.
 
     Why: accuracy says whether a mask helped; these say whether it reacted to the clients' disagreement at
     all (say, when one environment's colour points the other way), which the controls cannot show.
     """
-    groups = {name: runs for name, runs in _runs_by_group(grid, results).items()
+    masked = {name: runs for name, runs in groups.items()
               if any("mask-density" in row for run in runs for row in run.rounds)}
-    if not groups:
+    if not masked:
         return ""
-    layers = list(dict.fromkeys(key for runs in groups.values() for row in runs[0].rounds for key in row
+    layers = list(dict.fromkeys(key for runs in masked.values() for row in runs[0].rounds for key in row
                                 if key.startswith("mask-density/")))  # in the model's order
     header = ["configuration", "n", "mask density", "mean sign agreement"] + [
         key.removeprefix("mask-density/") for key in layers]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, runs in sorted(groups.items()):
+    for name, runs in sorted(masked.items()):
         lines.append(f"| {name.removeprefix('variant=')} | {len(runs)} | "
-                     + " | ".join(_round_mean(runs, key) for key in ["mask-density", "mean-agreement", *layers])
-                     + " |")
+                     + " | ".join(_three_places(round_mean(runs, key))
+                                  for key in ["mask-density", "mean-agreement", *layers]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _round_mean(runs: list[RunResult], key: str) -> str:
-    values = [float(row[key]) for run in runs for row in run.rounds if row["round"] > 0 and key in row]
-    return f"{statistics.fmean(values):.3f}" if values else "-"
+def _three_places(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def selection_table(grid: Grid) -> str:

@@ -150,8 +150,7 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
         row[f"rounds-to-{threshold:g}"] = statistics.fmean(hits) if hits else math.nan
         row[f"reached-{threshold:g}"] = len(hits)
     for key in ("mask-density", "mask-effect", "mean-agreement"):
-        values = [v for r in runs for rnd, v in r.series(key) if rnd > 0]
-        row[f"{key}-mean"] = statistics.fmean(values) if values else math.nan
+        row[f"{key}-mean"] = round_mean(runs, key)
     row["wall-minutes-mean"] = statistics.fmean(r.report.get("wall-seconds", math.nan) for r in runs) / 60
     # The median is robust to the first round (workers start) and the odd round slowed by other work.
     seconds = [v for r in runs for rnd, v in r.series("seconds") if rnd > 0]
@@ -164,6 +163,13 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
     test = paired_comparison(differences, dict.fromkeys(differences, 0.0))  # paired: the differences against 0
     row["delta-ci-low"], row["delta-ci-high"], row["delta-p"] = test.low, test.high, test.p_value
     return row
+
+
+def round_mean(runs: list[RunResult], key: str) -> float:
+    """The mean of ``key`` over every training round (not round 0, the initial model) of every run; NaN where
+    no run recorded it (a run without a mask records no mask keys)."""
+    values = [v for r in runs for rnd, v in r.series(key) if rnd > 0]
+    return statistics.fmean(values) if values else math.nan
 
 
 def baseline_label(baseline: dict[str, Any]) -> str:
