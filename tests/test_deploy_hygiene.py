@@ -56,6 +56,21 @@ def test_down_leaves_a_process_it_cannot_prove_it_started(tmp_path, capsys):
         stop({bystander.pid}, grace=0.5)
 
 
+def test_a_process_still_inside_exec_is_recorded_with_its_command_line(monkeypatch):
+    """Right after ``Popen`` a busy machine often shows an empty command line (the child is still inside
+    ``execve``); recorded like that, ``down`` would never stop the process. The record waits for the real one."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    bystander = subprocess.Popen(sleeper)
+    try:
+        real, reads = psutil.Process.cmdline, []
+        monkeypatch.setattr(psutil.Process, "cmdline",
+                            lambda process: [] if len(reads) < 3 and not reads.append(1) else real(process))
+        recorded = identity(bystander.pid)
+        assert len(reads) == 3 and recorded["command"] == sleeper and same_process(recorded)
+    finally:
+        stop({bystander.pid}, grace=0.5)
+
+
 def test_a_wall_clock_step_does_not_hide_a_recorded_process(monkeypatch):
     """The start time psutil reports follows the wall clock (boot time + ticks since boot): after an NTP step of
     a second the process is still the one recorded; a start 100 s away or another command line is not."""

