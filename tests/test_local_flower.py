@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
 from fedgma.tools.local_flower import FLWR, LocalFlower, foreign_superlinks
-from fedgma.tools.processes import command_lines, descendants, free_port, is_alive
+from fedgma.tools.local_flower import main as local_main
+from fedgma.tools.processes import command_lines, descendants, free_port, identity, is_alive, stop
 
 SUPERLINK = ["/venv/bin/python3", "/venv/bin/flower-superlink", "--insecure", "--simulation"]
 
@@ -48,18 +50,14 @@ def test_a_second_superlink_in_the_same_flwr_home_is_stopped_before_a_run(tmp_pa
 
 
 def test_stop_superlink_stops_only_the_local_superlink_of_its_flwr_home(tmp_path):
-    import subprocess
-    import sys
-
-    from fedgma.tools.local_flower import main as local_main
-    from fedgma.tools.processes import is_alive, stop
-
     script = tmp_path / "flower-superlink"  # a stand-in with the real one's name and command line
     script.write_text("import time\ntime.sleep(60)\n")
     mine, other = tmp_path / "mine", tmp_path / "other"
     processes = [subprocess.Popen([sys.executable, str(script), "--database", str(home / "local-superlink" / "state.db")])
                  for home in (mine, other)]
     try:
+        for process in processes:  # a process still inside execve shows no command line yet (see identity)
+            assert identity(process.pid)["command"][1] == str(script)
         assert local_main(["stop-superlink", "--flwr-home", str(mine)]) == 0
         processes[0].wait(timeout=10)
         assert is_alive(processes[1].pid)  # another FLWR_HOME's SuperLink: untouched
