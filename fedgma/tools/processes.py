@@ -41,7 +41,7 @@ def descendants(root: int) -> set[int]:
         return set()
 
 
-#: How long :func:`identity` waits for a process that is still inside ``execve`` to show its command line.
+#: How long after its start :func:`identity` waits for a process still inside ``execve`` to show its command line.
 EXEC_WAIT_S = 5.0
 
 
@@ -51,16 +51,17 @@ def identity(pid: int) -> dict | None:
     A process read right after ``Popen`` returns may still be inside ``execve``: the kernel has switched to
     the new program's memory (which releases the parent) but not yet written its arguments there, and
     /proc shows an empty command line. On a busy 2-core machine 851 of 1,000 reads straight after ``Popen``
-    were empty, and ``deploy down`` then refused to stop a SuperNode it had started. So an empty command
-    line is read again until the arguments appear (a process that has exited keeps what it has)."""
-    deadline = time.monotonic() + EXEC_WAIT_S
+    were empty; recorded so, ``deploy down`` would refuse to stop a SuperNode it had started. So an empty command
+    line of a process started less than ``EXEC_WAIT_S`` ago is read again until the arguments appear (one
+    that has exited, or is older, such as a kernel thread, keeps what it has)."""
     try:
         process = psutil.Process(pid)
-        command = process.cmdline()
-        while not command and time.monotonic() < deadline and process.status() != psutil.STATUS_ZOMBIE:
+        started, command = process.create_time(), process.cmdline()
+        while (not command and time.time() < started + EXEC_WAIT_S
+               and process.status() != psutil.STATUS_ZOMBIE):
             time.sleep(0.005)
             command = process.cmdline()
-        return {"pid": pid, "started": process.create_time(), "command": command}
+        return {"pid": pid, "started": started, "command": command}
     except psutil.Error:
         return None
 
