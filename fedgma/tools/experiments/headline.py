@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import GRIDS, Grid, load_grid
-from .results import RunResult, load_runs, round_mean
+from .results import RunResult, load_runs, number_text, round_mean
 from .selection import CRITERIA
 from .statistics import ALPHA, PairedComparison, holm, mean_interval, paired_comparison
 
@@ -200,7 +200,7 @@ def headline_rows(results: Path, spec: Path = HEADLINE) -> Headline:
 
 def _pct(value: float, sign: str = "") -> str:
     """A fraction as a percentage with one decimal ("-" where it is not defined, e.g. a CI of one seed)."""
-    return "-" if math.isnan(value) else f"{100 * value:{sign}.1f}"
+    return number_text(100 * value, f"{sign}.1f")
 
 
 def _verdict(row: Row) -> str:
@@ -231,9 +231,9 @@ def _display(row: Row) -> dict[str, str]:
             "n": str(cell["n"]),
             "final OOD acc [95% CI]": f"{_pct(cell['final OOD acc'])} [{_pct(cell['ci-low'])}, {_pct(cell['ci-high'])}]",
             "oracle: selected, final OOD acc": f"({row.oracle_selected}, {_pct(row.oracle_mean)})",
-            "OOD AUC": _pct(row.auc), "plateau": "-" if math.isnan(row.plateau) else f"{100 * row.plateau:+.2f}",
-            "difference [95% CI]": difference, "p": "-" if c is None or math.isnan(c.p_value) else f"{c.p_value:.3g}",
-            "p (Holm)": "-" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}", "verdict": _verdict(row)}
+            "OOD AUC": _pct(row.auc), "plateau": number_text(100 * row.plateau, "+.2f"),
+            "difference [95% CI]": difference, "p": "-" if c is None else number_text(c.p_value, ".3g"),
+            "p (Holm)": number_text(row.p_holm, ".3g"), "verdict": _verdict(row)}
 
 
 def to_markdown(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -302,13 +302,9 @@ def mask_table(groups: dict[str, list[RunResult]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, runs in sorted(masked.items()):
         lines.append(f"| {name.removeprefix('variant=')} | {len(runs)} | "
-                     + " | ".join(_three_places(round_mean(runs, key))
+                     + " | ".join(number_text(round_mean(runs, key), ".3f")
                                   for key in ["mask-density", "mean-agreement", *layers]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _three_places(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def selection_table(grid: Grid) -> str:

@@ -172,6 +172,12 @@ def round_mean(runs: list[RunResult], key: str) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def number_text(value: float, spec: str) -> str:
+    """``value`` as a table shows it (``format`` with ``spec``), or "-" where it is not defined (NaN: a mask key
+    that a run without a mask never recorded, a CI of one seed, a p-value no test gave)."""
+    return "-" if math.isnan(value) else format(value, spec)
+
+
 def baseline_label(baseline: dict[str, Any]) -> str:
     """The baseline values as the table names them (``strategy=fedavg, p=0.7``)."""
     return ", ".join(f"{key}={short_value(value)}" for key, value in baseline.items())
@@ -218,7 +224,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             return "never" if hits == 0 else f"{mean:.1f}" + ("" if hits == row["n"] else f" ({hits}/{row['n']})")
 
         def mask(key: str, spec: str) -> str:  # runs without a mask recorded none
-            return "-" if math.isnan(row[f"{key}-mean"]) else format(row[f"{key}-mean"], spec)
+            return number_text(row[f"{key}-mean"], spec)
 
         lines.append(f"| {row['configuration']} | {row['n']} | {pm('final-ood')} | {pm('last-ood')} | "
                      f"{pm('best-ood')} | {pm('final-id')} | {reach(0.6)} | {reach(0.7)} | "
