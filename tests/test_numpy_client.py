@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import REPO
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 
 from fedgma.strategies.numpy_clients import NumPyClientAdapter
@@ -49,15 +49,19 @@ def test_our_client_is_a_numpy_client_and_fits_its_partition(mnist_dir):
 class Doubler(NumPyClient):
     """A foreign client: doubles every array, reports a text metric."""
 
+    last_config = None
+
     def fit(self, parameters, config):
+        Doubler.last_config = dict(config)
         return [2 * p for p in parameters], 5, {"note": "text", "score": 1.5}
+
+    def evaluate(self, parameters, config):
+        return 0.5, 5, {}
 
 
 def test_adapter_packs_a_foreign_fit_and_names_what_is_missing():
     adapter = NumPyClientAdapter(lambda ctx: Doubler())
     arrays = {"a": np.ones((2, 2), np.float32), "b": np.zeros(3, np.float32)}
-    from flwr.app import Array
-
     message = train_message({k: Array(v) for k, v in arrays.items()})
     answer = adapter.train(message, context(partition_id=3))
     assert list(answer.content["arrays"].keys()) == ["a", "b"]
@@ -76,6 +80,19 @@ def test_adapter_packs_a_foreign_fit_and_names_what_is_missing():
         NumPyClientAdapter(lambda ctx: Short()).train(message, context())
     with pytest.raises(TypeError, match="client_fn must return a flwr.client.NumPyClient"):
         NumPyClientAdapter(lambda ctx: object()).train(message, context())
+
+
+def test_adapter_serves_to_client_and_the_servers_record_keys():
+    """Flower's tutorials end client_fn with .to_client(); a strategy may name its records as it likes."""
+    adapter = NumPyClientAdapter(lambda ctx: Doubler().to_client())
+    message = Message(RecordDict({"model": ArrayRecord({"a": Array(np.ones(2, np.float32))}),
+                                  "cfg": ConfigRecord({"lr": 0.1})}), dst_node_id=7, message_type="train")
+    answer = adapter.train(message, context())
+    assert set(answer.content.array_records) == {"model"}
+    assert np.array_equal(answer.content["model"]["a"].numpy(), 2 * np.ones(2, np.float32))
+    assert Doubler.last_config == {"lr": 0.1}
+    answer = adapter.evaluate(message, context())
+    assert answer.content["metrics"]["num-examples"] == 5
 
 
 def _load_example_client():

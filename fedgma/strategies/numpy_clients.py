@@ -13,12 +13,16 @@ handlers and packs what it returns as Message-API records::
 
     app = clientapp_from_numpy_client(client_fn)   # instead of ClientApp(client_fn=client_fn)
 
-Per reply: the ``arrays`` ArrayRecord (the layer names the server sent, in its
-order), a ``metrics`` MetricRecord (``num-examples`` plus the client's numeric
-metrics), and, when the node config has ``partition-id``, a ``client``
-ConfigRecord that lets the server aggregate in a fixed order. FedGMA's gradient
-direction also needs the client's last local gradient: a ``last_gradient``
-attribute (a list of arrays in ``get_parameters`` order) set by ``fit``.
+``client_fn`` may return the NumPyClient itself or, as Flower's tutorials do,
+``NumPyClient(...).to_client()``. The weights arrive in the message's one
+ArrayRecord and the config in its one ConfigRecord, whatever keys the server's
+strategy uses (``arrayrecord_key``, ``configrecord_key``). Per reply: the weights
+under the key they came in (the layer names the server sent, in its order), a
+``metrics`` MetricRecord (``num-examples`` plus the client's numeric metrics),
+and, when the node config has ``partition-id``, a ``client`` ConfigRecord that
+lets the server aggregate in a fixed order. FedGMA's gradient direction also needs
+the client's last local gradient: a ``last_gradient`` attribute (a list of arrays
+in ``get_parameters`` order) set by ``fit``.
 """
 
 from __future__ import annotations
@@ -30,13 +34,13 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.client import NumPyClient
+from flwr.client import Client, NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from .protocol import CLIENT, GRADIENT, METRICS, NUM_EXAMPLES, PARTITION_ID, SEND_GRADIENT, WEIGHTS
+from .protocol import CLIENT, GRADIENT, METRICS, NUM_EXAMPLES, PARTITION_ID, SEND_GRADIENT
 
-ClientFn = Callable[[Context], NumPyClient]
+ClientFn = Callable[[Context], NumPyClient | Client]
 
 
 class NumPyClientAdapter:
@@ -56,10 +60,10 @@ class NumPyClientAdapter:
 
     def train(self, msg: Message, context: Context) -> Message:
         client = self._client(context)
-        names, parameters = _unpack(msg.content[WEIGHTS])
+        key, (names, parameters) = _weights(msg)
         config = _plain_config(msg)
         weights, num_examples, metrics = _check_triple(client.fit(parameters, config), client, "fit")
-        content = RecordDict({WEIGHTS: _pack(names, weights, client, "fit"),
+        content = RecordDict({key: _pack(names, weights, client, "fit"),
                               METRICS: _metric_record(num_examples, metrics, client)})
         if config.get(SEND_GRADIENT, False):
             gradient = getattr(client, "last_gradient", None)
@@ -73,7 +77,7 @@ class NumPyClientAdapter:
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         client = self._client(context)
-        _, parameters = _unpack(msg.content[WEIGHTS])
+        _, (_, parameters) = _weights(msg)
         loss, num_examples, metrics = _check_triple(client.evaluate(parameters, _plain_config(msg)), client,
                                                     "evaluate")
         record = _metric_record(num_examples, {"local-loss": loss} | dict(metrics), client)
@@ -85,8 +89,11 @@ class NumPyClientAdapter:
 
     def _client(self, context: Context) -> NumPyClient:
         client = self.client_fn(context)
+        if isinstance(client, Client) and isinstance(getattr(client, "numpy_client", None), NumPyClient):
+            client = client.numpy_client  # NumPyClient(...).to_client(), as Flower's tutorials end client_fn
         if not isinstance(client, NumPyClient):
-            raise TypeError(f"client_fn must return a flwr.client.NumPyClient, got {type(client).__name__}")
+            raise TypeError(f"client_fn must return a flwr.client.NumPyClient (or its .to_client()), got "
+                            f"{type(client).__name__}")
         return client
 
     @staticmethod
@@ -102,14 +109,22 @@ def clientapp_from_numpy_client(client_fn: ClientFn) -> ClientApp:
     return NumPyClientAdapter(client_fn).app()
 
 
-def _unpack(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
-    """Layer names and writable NumPy arrays (a client may change them in place)."""
-    return list(record.keys()), [array.numpy() for array in record.values()]
+def _weights(msg: Message) -> tuple[str, tuple[list[str], list[np.ndarray]]]:
+    """The key of the message's one ArrayRecord, its layer names and writable arrays (a client may change them
+    in place)."""
+    records = msg.content.array_records
+    if len(records) != 1:
+        raise ValueError(f"the server sent ArrayRecords {sorted(records)}; a NumPyClient takes exactly one")
+    key, record = next(iter(records.items()))
+    return key, (list(record.keys()), [array.numpy() for array in record.values()])
 
 
 def _plain_config(msg: Message) -> dict[str, Any]:
-    record = msg.content.config_records.get("config")
-    return dict(record) if record is not None else {}
+    """The message's one ConfigRecord (whatever its key; the server's ``client`` record aside) as a dict, or {}."""
+    records = [record for key, record in msg.content.config_records.items() if key != CLIENT]
+    if len(records) > 1:
+        raise ValueError(f"the server sent {len(records)} ConfigRecords; a NumPyClient takes one config")
+    return dict(records[0]) if records else {}
 
 
 def _check_triple(result: Any, client: NumPyClient, method: str) -> tuple:
