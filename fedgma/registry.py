@@ -8,9 +8,10 @@ same names, and only the sampling arguments differ between the two APIs.
 
 Every Message-API strategy comes back wrapped in a :class:`ReplyGuard`, so failed
 or malformed client replies are always counted and left out, whatever the
-algorithm. GMA is defined over every strategy: it rewrites each reply to
-w_t + m * (w_k - w_t) before the wrapped strategy aggregates, so a robust
-aggregator (median, trimmed mean, Krum, Bulyan) sees masked updates. FedGMA is its
+algorithm. GMA rewrites each reply to w_t + m * (w_k - w_t) before the wrapped
+strategy aggregates: exact GMA over the averaging strategies, commuting with the
+median and the trimmed mean, and refused (a ConfigError naming the keys) over Krum,
+MultiKrum, Bulyan and q-FedAvg (:mod:`fedgma.strategies.composition`). FedGMA is its
 own strategy ('fedgma'): its step is defined over FedAvg's weighted mean w_bar.
 """
 
@@ -23,10 +24,11 @@ from flwr.serverapp import strategy as message_api
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from fedgma.strategies.bounds import ReplyBounds
-from fedgma.strategies.fedgma import FedGMA
+from fedgma.strategies.composition import CompositionError
 from fedgma.strategies.gma import GMA
 from fedgma.strategies.guard import ReplyGuard
 
+from .controls import ControlledFedGMA
 from .settings import ConfigError, Settings
 
 #: Class names per run-config name; 'fedgma' is FedAvg wrapped by FedGMA. The legacy API has the first seven.
@@ -70,11 +72,16 @@ def build_strategy(settings: Settings) -> ReplyGuard:
             inner, noise_multiplier=settings.dp_noise_multiplier, clipping_norm=settings.dp_clipping_norm,
             num_sampled_clients=max(1, round(settings.fraction_train * settings.min_available_nodes)))
     weighted = settings.agreement_weighting == "examples"
-    if settings.strategy == "fedgma":
-        inner = FedGMA(inner, p=settings.p, server_lr=settings.server_lr, direction=settings.fedgma_direction,
-                       weighted_agreement=weighted, control=settings.fedgma_control, seed=settings.seed)
-    elif settings.gma:
-        inner = GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted)
+    try:
+        if settings.strategy == "fedgma":
+            inner = ControlledFedGMA(inner, p=settings.p, server_lr=settings.server_lr,
+                                     direction=settings.fedgma_direction, weighted_agreement=weighted,
+                                     control=settings.fedgma_control, seed=settings.seed)
+        elif settings.gma:
+            inner = GMA(inner, tau=settings.tau, mask=settings.mask, weighted_agreement=weighted)
+    except CompositionError as refused:
+        raise ConfigError(f"Run-config keys strategy={settings.strategy!r}, gma={str(settings.gma).lower()}, "
+                          f"agreement-weighting={settings.agreement_weighting!r}: {refused}") from None
     # The app's runs must be bit-identical under one seed, also when clients are sampled: reproducible sampling.
     return ReplyGuard(inner, seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction,
                       bounds=ReplyBounds(settings.max_examples, settings.max_update_norm),

@@ -4,13 +4,15 @@ robust aggregators (constructed replies, real Flower strategies)."""
 import numpy as np
 import pytest
 from conftest import reply, send
-from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
 from fedgma.strategies.records import decode
 from fedgma.settings import Settings
 from fedgma.registry import build_strategy
 from fedgma.strategies import GMA, ReplyGuard
 from fedgma.strategies.bounds import ReplyBounds, update_norm
+from fedgma.strategies.composition import CompositionError
+from fedgma.strategies.masking import sign_agreement, soft_mask
 
 HONEST = 5
 
@@ -74,9 +76,11 @@ def test_bounds_refuse_nonsense(bad):
         ReplyBounds(max_examples=bad)
 
 
-@pytest.mark.parametrize("make", [lambda: FedMedian(min_available_nodes=1, min_train_nodes=1),
-                                  lambda: Krum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1)],
-                         ids=["median", "krum"])
+ROBUST = {"median": lambda: FedMedian(min_available_nodes=1, min_train_nodes=1),
+          "trimmed-mean": lambda: FedTrimmedAvg(min_available_nodes=1, min_train_nodes=1, beta=0.2)}
+
+
+@pytest.mark.parametrize("make", list(ROBUST.values()), ids=list(ROBUST))
 def test_gma_over_a_robust_aggregator_ignores_the_hostile_client_without_any_bound(make):
     reference, honest, hostile = honest_and_hostile(seed=1)
     new, _ = aggregate(GMA(make(), tau=0.4), reference, honest + [hostile], [100] * HONEST + [10**12])
@@ -85,3 +89,34 @@ def test_gma_over_a_robust_aggregator_ignores_the_hostile_client_without_any_bou
         high = np.max([h[name] for h in honest], axis=0)
         # masked honest values lie between w_t and the honest values: within their hull widened to w_t
         assert np.all(new[name] >= np.minimum(low, w_t) - 1e-6) and np.all(new[name] <= np.maximum(high, w_t) + 1e-6)
+
+
+@pytest.mark.parametrize("make", list(ROBUST.values()), ids=list(ROBUST))
+def test_one_voter_moves_the_mask_only_near_the_threshold_and_the_model_only_as_the_aggregator_lets_it(make):
+    """The bound docs/use-with-flower.md states: with one vote per client, a client that claims 10^12 examples
+    and sends the honest mean update sign-flipped changes each coordinate's agreement by at most 2/K, so the
+    mask changes only where the agreement without its lie lies within 2/K of tau; and the result is
+    w_t + m * R(updates), R the robust aggregate: it moves the model no further than R lets it."""
+    reference, honest, _ = honest_and_hostile(seed=2)
+    flipped = {n: w_t - (np.mean([h[n] for h in honest], axis=0) - w_t) for n, w_t in reference.items()}
+    truthful = {n: np.mean([h[n] for h in honest], axis=0).astype(np.float32) for n in reference}
+    k, tau = HONEST + 1, 0.4
+    lied, lied_metrics = aggregate(GMA(make(), tau=tau), reference, honest + [flipped], [100] * HONEST + [10**12])
+    _, told_metrics = aggregate(GMA(make(), tau=tau), reference, honest + [truthful], [100] * HONEST + [100])
+    plain, _ = aggregate(make(), reference, honest + [flipped], [100] * HONEST + [10**12])
+    near, total = 0, 0
+    for name, w_t in reference.items():
+        told = sign_agreement([c[name] for c in honest + [truthful]], reference=w_t)
+        lie = sign_agreement([c[name] for c in honest + [flipped]], reference=w_t)
+        assert np.max(np.abs(lie - told)) <= 2 / k + 1e-12
+        near += int(np.sum(np.abs(told - tau) <= 2 / k))
+        total += told.size
+        expected = w_t + soft_mask(lie, tau) * (plain[name] - w_t)
+        np.testing.assert_allclose(lied[name], expected, rtol=1e-5, atol=1e-6)
+    assert abs(lied_metrics["mask-density"] - told_metrics["mask-density"]) <= near / total
+
+
+@pytest.mark.parametrize("make", list(ROBUST.values()), ids=list(ROBUST))
+def test_example_weighted_agreement_is_refused_over_a_robust_aggregator(make):
+    with pytest.raises(CompositionError, match="weighted_agreement=True is refused"):
+        GMA(make(), weighted_agreement=True)

@@ -68,8 +68,8 @@ def message_round(strategy, reference, clients, gradients, examples, with_gradie
 
 
 CASES = {
-    "fedgma-gradient": (lambda: LegacyFedGMA(LegacyFedAvg(), p=0.5, server_lr=0.3),
-                        lambda: FedGMA(FedAvg(), p=0.5, server_lr=0.3), True),
+    "fedgma-gradient": (lambda: LegacyFedGMA(LegacyFedAvg(), p=0.5, server_lr=0.3, direction="gradient"),
+                        lambda: FedGMA(FedAvg(), p=0.5, server_lr=0.3, direction="gradient"), True),
     "fedgma-pseudo-gradient": (lambda: LegacyFedGMA(LegacyFedAvg(), p=0.5, server_lr=0.3, direction="pseudo-gradient"),
                                lambda: FedGMA(FedAvg(), p=0.5, server_lr=0.3, direction="pseudo-gradient"), False),
     "gma-fedavg": (lambda: LegacyGMA(LegacyFedAvg(), tau=0.5),
@@ -92,6 +92,35 @@ def test_legacy_and_message_strategies_give_the_same_weights(case):
         assert legacy[name].dtype == np.float32
     assert legacy_metrics["mask-density"] == pytest.approx(message_metrics["mask-density"])
     assert legacy_metrics["replies-accepted"] == 4 and legacy_metrics["train-loss"] == pytest.approx(0.5)
+
+
+def test_legacy_wrappers_hand_the_wrapped_strategy_the_real_results_and_metrics():
+    """The legacy tutorial's fit_metrics_aggregation_fn sees every client's own metrics, once."""
+    seen = []
+
+    def aggregate_metrics(results):
+        seen.append([metrics["train-loss"] for _, metrics in results])
+        return {"clients": len(results)}
+
+    reference, clients, gradients, examples = setup()
+    for strategy in (LegacyGMA(LegacyFedAvg(fit_metrics_aggregation_fn=aggregate_metrics)),
+                     LegacyFedGMA(LegacyFedAvg(fit_metrics_aggregation_fn=aggregate_metrics))):
+        seen.clear()
+        _, metrics = legacy_round(strategy, reference, clients, gradients, examples)
+        assert seen == [[0.5] * 4] and metrics["clients"] == 4 and metrics["replies-accepted"] == 4
+
+
+def test_legacy_wrappers_refuse_what_they_cannot_define():
+    from flwr.server.strategy import FedMedian, Krum
+
+    from fedgma.strategies.composition import CompositionError
+
+    with pytest.raises(CompositionError, match=r"GMA\(Krum\) is refused"):
+        LegacyGMA(Krum())
+    with pytest.raises(CompositionError, match=r"FedGMA\(FedAdam\) is refused"):
+        LegacyFedGMA(LegacyFedAdam(initial_parameters=ndarrays_to_parameters([np.zeros(1)])))
+    with pytest.raises(CompositionError, match="weighted_agreement=True is refused"):
+        LegacyGMA(FedMedian(), weighted_agreement=True)
 
 
 def test_legacy_screening_counts_and_leaves_out_bad_results():

@@ -13,6 +13,7 @@ from fedgma.strategies.records import decode, encode
 from fedgma.settings import STRATEGIES, ConfigError, Settings
 from fedgma.registry import build_strategy
 from fedgma.strategies import GMA, FedGMA, ReplyGuard
+from fedgma.controls import ControlledFedGMA
 from fedgma.strategies.masking import sign_agreement, soft_mask
 
 
@@ -36,7 +37,7 @@ def fedavg():
 
 
 @pytest.mark.parametrize("make, with_gradients", [
-    (lambda: FedGMA(fedavg(), p=0.0, server_lr=0.0), True),
+    (lambda: FedGMA(fedavg(), p=0.0, server_lr=0.0, direction="gradient"), True),
     (lambda: FedGMA(fedavg(), p=0.0, server_lr=0.0, direction="pseudo-gradient"), False),
     (lambda: GMA(fedavg(), tau=0.0), False),
     (lambda: GMA(fedavg(), tau=0.0, mask="hard"), False),
@@ -57,8 +58,8 @@ def test_fedgma_server_step_by_hand():
     gradients = [{"w": np.array([1.0, 1.0, -1.0], np.float32)}, {"w": np.array([3.0, -1.0, -3.0], np.float32)}]
     # examples 1 and 3: mean weights [2.5, 2, 1.5]; agreement [1, 0, 1] -> hard mask p=0.8 [1, 0, 1]
     # masked mean gradient [2.5, 0, -2.5]; w = mean - 0.1 * that
-    new, metrics = run_round(FedGMA(fedavg(), p=0.8, server_lr=0.1), reference, clients, (1, 3), gradients,
-                             node_ids=(1, 2))
+    new, metrics = run_round(FedGMA(fedavg(), p=0.8, server_lr=0.1, direction="gradient"), reference, clients,
+                             (1, 3), gradients, node_ids=(1, 2))
     np.testing.assert_allclose(new["w"], [2.25, 2.0, 1.75], rtol=1e-6)
     assert metrics["mask-density"] == pytest.approx(2 / 3)
 
@@ -78,7 +79,8 @@ def test_uniform_step_control_steps_every_coordinate_by_the_mask_density():
     gradients = [{"w": np.array([1.0, 1.0, -1.0], np.float32)}, {"w": np.array([3.0, -1.0, -3.0], np.float32)}]
     # as in the hand-computed FedGMA step: the sign mask [1, 0, 1] has density 2/3, the mean gradient is
     # [2.5, -0.5, -2.5]; the control steps w = mean - 0.1 * (2/3) * that on every coordinate
-    new, metrics = run_round(FedGMA(fedavg(), p=0.8, server_lr=0.1, control="uniform-step"), reference, clients,
+    new, metrics = run_round(ControlledFedGMA(fedavg(), p=0.8, server_lr=0.1, direction="gradient",
+                                              control="uniform-step", seed=0), reference, clients,
                              (1, 3), gradients, node_ids=(1, 2))
     np.testing.assert_allclose(new["w"], np.array([2.5, 2.0, 1.5]) - 0.1 * 2 / 3 * np.array([2.5, -0.5, -2.5]),
                                rtol=1e-6)
@@ -90,8 +92,8 @@ def test_random_mask_control_keeps_each_layers_count_at_random_places():
     reference = {"w": np.zeros((40, 50), np.float32), "b": np.zeros(30, np.float32)}
     clients = [{n: rng.standard_normal(a.shape).astype(np.float32) for n, a in reference.items()} for _ in range(5)]
     # pseudo-gradient, eta_s = 1: each kept coordinate moves twice as far as the mean update
-    make = lambda control: FedGMA(fedavg(), p=0.6, server_lr=1.0, direction="pseudo-gradient",  # noqa: E731
-                                  control=control, seed=7)
+    make = lambda control: ControlledFedGMA(fedavg(), p=0.6, server_lr=1.0,  # noqa: E731
+                                            control=control, seed=7)
     nodes = tuple(range(1, 6))
     masked, _ = run_round(make("none"), reference, clients, (1,) * 5, node_ids=nodes)
     randomised, _ = run_round(make("random-mask"), reference, clients, (1,) * 5, node_ids=nodes)
@@ -123,18 +125,18 @@ def test_controls_need_fedgma():
     with pytest.raises(ConfigError, match="'fedgma-control'"):
         Settings.from_run_config({"strategy": "fedavg", "fedgma-control": "random-mask"})
     with pytest.raises(ValueError, match="control"):
-        FedGMA(fedavg(), control="shuffle")
+        ControlledFedGMA(fedavg(), control="shuffle", seed=0)
 
 
 def test_fedgma_asks_clients_for_gradients_only_when_it_uses_them():
     reference, _ = global_and_clients()
-    assert send(FedGMA(fedavg()), reference)[0].content["config"]["send-gradient"] is True
-    assert send(FedGMA(fedavg(), direction="pseudo-gradient"), reference)[0].content["config"]["send-gradient"] is False
+    assert send(FedGMA(fedavg(), direction="gradient"), reference)[0].content["config"]["send-gradient"] is True
+    assert "send-gradient" not in send(FedGMA(fedavg()), reference)[0].content["config"]
 
 
 def test_fedgma_rejects_reply_without_gradient():
     reference, clients = global_and_clients()
-    strategy = ReplyGuard(FedGMA(fedavg()))  # the guard screens against FedGMA's expected_records
+    strategy = ReplyGuard(FedGMA(fedavg(), direction="gradient"))  # the guard screens for FedGMA's gradient
     instructions = send(strategy, reference)
     replies = [reply(instructions[0], clients[0], 10, gradient=clients[0]), reply(instructions[1], clients[1], 10)]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -229,6 +231,10 @@ def test_registry_builds_every_combination(name, gma):
         with pytest.raises(ConfigError, match="'gma'"):
             Settings.from_run_config({"strategy": name, "gma": gma})
         return
+    if gma and name in ("krum", "multikrum", "bulyan", "qfedavg"):  # masking first would change the rule
+        with pytest.raises(ConfigError, match="strategy='.*', gma=true.*refused"):
+            build_strategy(Settings.from_run_config({"strategy": name, "gma": gma}))
+        return
     strategy = build_strategy(Settings.from_run_config({"strategy": name, "gma": gma}))
     assert isinstance(strategy, ReplyGuard)
     assert isinstance(strategy.strategy, GMA) == gma
@@ -246,7 +252,9 @@ def test_gma_keeps_the_clients_metrics_and_counts():
 
 
 def test_strategy_constructors_validate():
-    with pytest.raises(TypeError, match="Message-API strategies"):
+    with pytest.raises(TypeError, match="Message-API strategy"):
+        GMA(object())
+    with pytest.raises(TypeError, match=r"GMA\(ReplyGuard\) is refused"):
         GMA(ReplyGuard(fedavg()))
     with pytest.raises(ValueError, match="tau"):
         GMA(fedavg(), tau=1.5)

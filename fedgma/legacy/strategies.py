@@ -10,13 +10,21 @@ same reply checks (:func:`~fedgma.strategies.replies.check_arrays`,
 results are counted with their reasons and never aggregated. The legacy round loop
 cannot start at a later round, so these strategies keep no resumable state.
 
-* :class:`LegacyGMA` wraps FedAvg, FedProx, FedAvgM, FedAdam, FedYogi or FedAdagrad
-  (legacy): it hands the wrapped strategy one result holding the masked mean
-  w_t + m * (w_bar - w_t) with the clients' total number of examples, whose
-  weighted mean is itself, so the wrapped server update runs on the masked mean.
-* :class:`LegacyFedGMA` is the workshop algorithm. Legacy results carry one list
-  of arrays, so with ``direction="gradient"`` it asks clients (fit config
-  ``append-gradient``) to return their last local gradient after their weights.
+* :class:`LegacyGMA` wraps the legacy FedAvg, FedProx, FedAvgM, FedAdam, FedYogi,
+  FedAdagrad (exact GMA), FedMedian or FedTrimmedAvg (commuting), as
+  :mod:`fedgma.strategies.composition` defines: it hands the wrapped strategy's
+  ``aggregate_fit`` every accepted result, trainable arrays rewritten to
+  w_t + m * (w_k - w_t), metrics untouched (so ``fit_metrics_aggregation_fn``
+  sees the real ones).
+* :class:`LegacyFedGMA` is the workshop algorithm over the legacy FedAvg or
+  FedProx: their ``aggregate_fit`` gives w_bar, and the masked step is added to the
+  trainable arrays. Legacy results carry one list of arrays, so with
+  ``direction="gradient"`` it asks clients (fit config ``append-gradient``) to
+  return their last local gradient after their weights.
+
+Legacy arrays have no names, so the default rule (:mod:`fedgma.strategies.trainable`)
+can only tell floating-point arrays from integer and 0-d ones: a model with
+BatchNorm passes ``trainable=`` the indices (as strings) of its parameters.
 
 With ``secagg`` (a :class:`~fedgma.strategies.secagg.SecAggPlus`, for a server app
 that runs Flower's ``SecAggPlusWorkflow``) the strategies receive only securely
@@ -28,24 +36,25 @@ any client's own arrays reached the strategy is refused, not aggregated.
 
 from __future__ import annotations
 
-from logging import INFO, WARNING
+from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.common import (Code, FitIns, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters,
-                         parameters_to_ndarrays)
+from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import FedAvg, Strategy
+from flwr.server.strategy import Strategy
 
 from fedgma.strategies.arguments import check_choice, check_fraction
-from fedgma.strategies.masking import (direction_of_means, fedgma_layer, fedgma_masked, gma_layer, gma_masked,
-                                      mask_statistics)
+from fedgma.strategies.composition import CompositionError, check_fedgma_strategy, gma_aggregation, is_robust
+from fedgma.strategies.masking import (MaskedLayer, apply_mask_to_update, direction_of_means, fedgma_direction, fedgma_masked,
+                                      gma_layer, gma_masked, mask_statistics)
 from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
 from fedgma.strategies.replies import (ScreenedReplies, check_arrays, check_metrics, check_num_examples,
                                        short_reason)
 from fedgma.strategies.secagg import SecAggPlus
+from fedgma.strategies.trainable import Trainable, trainable_names, trainable_rule
 
 Result = tuple[ClientProxy, FitRes]
 
@@ -61,9 +70,10 @@ class LegacyGuard(Strategy):
     signs: str | None = None  # what a masking subclass needs the signs of under SecAgg+ ("update", "gradient")
     weighted_agreement = False
 
-    def __init__(self, strategy: Strategy, secagg: SecAggPlus | None = None) -> None:
+    def __init__(self, strategy: Strategy, secagg: SecAggPlus | None = None, trainable: Trainable = None) -> None:
         self.strategy = strategy
         self.secagg = secagg
+        self.trainable = trainable_rule(trainable)
         self.current: list[np.ndarray] = []
         self.sent = 0
         self.train_metrics: dict[int, dict[str, Scalar]] = {}
@@ -116,7 +126,24 @@ class LegacyGuard(Strategy):
                            failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Aggregate the screened results; subclasses mask them first."""
         parameters, metrics = self.strategy.aggregate_fit(server_round, [result for result, _ in accepted], [])
-        return parameters, dict(metrics or {}) | _mean_metrics(accepted)
+        return parameters, _mean_metrics(accepted) | dict(metrics or {})
+
+    def handed_on(self, accepted: list[tuple[Result, list[np.ndarray]]],
+                  parameters: list[list[np.ndarray]]) -> list[Result]:
+        """The accepted results with their parameters replaced (one list of arrays each), all else kept."""
+        return [(proxy, FitRes(res.status, ndarrays_to_parameters(arrays), res.num_examples, res.metrics))
+                for ((proxy, res), _), arrays in zip(accepted, parameters, strict=True)]
+
+    def statistics(self, layers: dict[int, MaskedLayer]) -> dict[str, float]:
+        """The round's mask statistics over the masked layers (named by index)."""
+        if not layers:
+            return {}
+        return mask_statistics({str(i): self.current[i] for i in layers}, {str(i): m for i, m in layers.items()})
+
+    @property
+    def trainable_layers(self) -> list[int]:
+        """The indices of the round's trainable arrays (the ones masked)."""
+        return [int(name) for name in trainable_names(self.references, self.trainable)]
 
     def secure_agreements(self, accepted: list[tuple[Result, list[np.ndarray]]]) -> list[np.ndarray]:
         """Per layer, the sign agreement from the securely summed signs (the last part of every result)."""
@@ -211,45 +238,49 @@ def _mean_metrics(accepted: list[tuple[Result, list[np.ndarray]]]) -> dict[str, 
 
 
 class LegacyGMA(LegacyGuard):
-    """GMA (journal version) around a legacy FedAvg-family strategy; see :class:`fedgma.strategies.GMA`."""
+    """GMA (journal version) around a legacy strategy; see :class:`fedgma.strategies.GMA` (same parameters)."""
 
     signs = "update"
 
-    def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
-                 weighted_agreement: bool = False, secagg: SecAggPlus | None = None) -> None:
-        if not isinstance(strategy, FedAvg):
-            raise TypeError(f"LegacyGMA wraps legacy FedAvg-family strategies, got {type(strategy).__name__}")
-        super().__init__(strategy, secagg)
+    def __init__(self, strategy: Strategy, tau: float = 0.4, mask: str = "soft", weighted_agreement: bool = False,
+                 secagg: SecAggPlus | None = None, trainable: Trainable = None, aggregation: str | None = None) -> None:
+        self.aggregation = gma_aggregation(strategy, aggregation)
+        if weighted_agreement and is_robust(self.aggregation):
+            raise CompositionError(f"LegacyGMA({type(strategy).__name__}) with weighted_agreement=True is refused: "
+                                   "one client claiming many examples would choose the mask")
+        super().__init__(strategy, secagg, trainable)
         self.tau = check_fraction("LegacyGMA threshold tau", tau)
         self.mask = check_choice("LegacyGMA mask", mask, ("soft", "hard"))
         self.weighted_agreement = weighted_agreement
 
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
-        if self.secagg is not None:
-            summed = accepted[0][1]
-            layers = {str(i): gma_masked(reference, summed[i], agreement, self.tau, self.mask)
-                      for i, (reference, agreement) in enumerate(zip(self.current, self.secure_agreements(accepted)))}
+        count, layers = len(self.current), {}
+        if self.secagg is not None:  # every result holds the one secure sum: its means, then the sign sums
+            summed, agreements = accepted[0][1], self.secure_agreements(accepted)
+            for i in self.trainable_layers:
+                layers[i] = gma_masked(self.current[i], summed[i], agreements[i], self.tau, self.mask)
+            masked = [[layers[i].weights if i in layers else summed[i] for i in range(count)]] * len(accepted)
         else:
-            layers = {str(i): gma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.tau,
-                                        self.mask, weights if self.weighted_agreement else None)
-                      for i, reference in enumerate(self.current)}
-        (proxy, first), _ = accepted[0]
-        masked_mean = ndarrays_to_parameters([layer.weights for layer in layers.values()])
-        aggregate = FitRes(Status(Code.OK, "masked mean"), masked_mean, int(sum(weights)), {})
-        parameters, inner = self.strategy.aggregate_fit(server_round, [(proxy, aggregate)], [])
-        log(INFO, "LegacyGMA: masked mean of %d results goes to %s", len(accepted), type(self.strategy).__name__)
-        return parameters, dict(inner or {}) | _mean_metrics(accepted) | mask_statistics(self.references, layers)
+            for i in self.trainable_layers:
+                layers[i] = gma_layer(self.current[i], [arrays[i] for _, arrays in accepted], weights, self.tau,
+                                      self.mask, weights if self.weighted_agreement else None)
+            masked = [[apply_mask_to_update(self.current[i], arrays[i], layers[i].mask) if i in layers
+                       else arrays[i] for i in range(count)] for _, arrays in accepted]
+        parameters, inner = self.strategy.aggregate_fit(server_round, self.handed_on(accepted, masked), [])
+        return parameters, _mean_metrics(accepted) | dict(inner or {}) | self.statistics(layers)
 
 
 class LegacyFedGMA(LegacyGuard):
-    """FedGMA (workshop version) on the legacy API; see :class:`fedgma.strategies.FedGMA`."""
+    """FedGMA (workshop version) on the legacy API; see :class:`fedgma.strategies.FedGMA` (same parameters)."""
 
-    def __init__(self, fedavg: FedAvg, p: float = 0.7, server_lr: float = 1e-4, direction: str = "gradient",
-                 weighted_agreement: bool = False, secagg: SecAggPlus | None = None) -> None:
-        if server_lr < 0:
-            raise ValueError(f"LegacyFedGMA server_lr must be >= 0, got {server_lr}")
-        super().__init__(fedavg, secagg)
+    def __init__(self, fedavg: Strategy, p: float = 0.8, server_lr: float = 0.5, direction: str = "pseudo-gradient",
+                 weighted_agreement: bool = False, secagg: SecAggPlus | None = None, trainable: Trainable = None,
+                 aggregation: str | None = None) -> None:
+        check_fedgma_strategy(fedavg, aggregation)
+        if not (np.isfinite(server_lr) and server_lr >= 0):
+            raise ValueError(f"LegacyFedGMA server_lr must be a finite number >= 0, got {server_lr}")
+        super().__init__(fedavg, secagg, trainable)
         self.p = check_fraction("LegacyFedGMA threshold p", p)
         self.direction = check_choice("LegacyFedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.server_lr, self.weighted_agreement = server_lr, weighted_agreement
@@ -265,17 +296,22 @@ class LegacyFedGMA(LegacyGuard):
     def aggregate_accepted(self, server_round, accepted, failures):
         weights = [res.num_examples for (_, res), _ in accepted]
         count = len(self.current)
-        if self.secagg is not None:
-            summed = accepted[0][1]
-            parts = [direction_of_means(reference, summed[i], summed[count + i] if self.appends_gradient else None,
-                                        agreement)
-                     for i, (reference, agreement) in enumerate(zip(self.current, self.secure_agreements(accepted)))]
-            layers = {str(i): fedgma_masked(part, self.p, self.server_lr) for i, part in enumerate(parts)}
-        else:
-            layers = {}
-            for i, reference in enumerate(self.current):
+        mean, inner = self.strategy.aggregate_fit(server_round,
+                                                  self.handed_on(accepted, [a[:count] for _, a in accepted]), [])
+        if mean is None:
+            return None, dict(inner or {})
+        mean, layers = parameters_to_ndarrays(mean), {}
+        agreements = self.secure_agreements(accepted) if self.secagg is not None else None
+        for i in self.trainable_layers:
+            if self.secagg is not None:  # the secure sum's means and sign sums
+                summed = accepted[0][1]
+                part = direction_of_means(self.current[i], mean[i],
+                                          summed[count + i] if self.appends_gradient else None, agreements[i])
+            else:
                 gradients = [arrays[count + i] for _, arrays in accepted] if self.appends_gradient else None
-                layers[str(i)] = fedgma_layer(reference, [arrays[i] for _, arrays in accepted], weights, self.p,
-                                              self.server_lr, gradients, weights if self.weighted_agreement else None)
-        return (ndarrays_to_parameters([layer.weights for layer in layers.values()]),
-                _mean_metrics(accepted) | mask_statistics(self.references, layers))
+                part = fedgma_direction(self.current[i], [arrays[i] for _, arrays in accepted], weights, gradients,
+                                        weights if self.weighted_agreement else None, mean_weights=mean[i])
+            layers[i] = fedgma_masked(part, self.p, self.server_lr)
+        new = [layers[i].weights.astype(mean[i].dtype) if i in layers else mean[i] for i in range(count)]
+        return (ndarrays_to_parameters(new),
+                _mean_metrics(accepted) | dict(inner or {}) | self.statistics(layers))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message, MetricRecord
 
-from .protocol import NUM_EXAMPLES, WEIGHTS, with_records
+from .protocol import GRADIENT, NUM_EXAMPLES, with_records
 from .records import encode
 from .replies import AcceptedReply
 
@@ -61,9 +61,10 @@ class ReplyBounds:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"ReplyBounds {name} must be a finite number >= 0 (0 = off), got {value}")
 
-    def apply(self, replies: list[AcceptedReply], reference: dict[str, np.ndarray],
-              label: Callable[[Message], str]) -> tuple[list[AcceptedReply], list[str]]:
-        """The replies with every one that exceeds a bound replaced by its clipped copy; one note per clip."""
+    def apply(self, replies: list[AcceptedReply], reference: dict[str, np.ndarray], label: Callable[[Message], str],
+              weighted_by_key: str = NUM_EXAMPLES) -> tuple[list[AcceptedReply], list[str]]:
+        """The replies with every one that exceeds a bound replaced by its clipped copy; one note per clip.
+        ``weighted_by_key``: the metric that weighs a reply (the strategy's; Flower's default 'num-examples')."""
         bounded, notes = [], []
         for reply in replies:
             clipped, changes = [], {}
@@ -71,12 +72,12 @@ class ReplyBounds:
                 clipped.append(f"claimed {reply.num_examples:g} examples, counted as {self.max_examples:g} "
                                "(max-examples)")
                 name, metrics = next(iter(reply.message.content.metric_records.items()))
-                changes[name] = MetricRecord(dict(metrics) | {NUM_EXAMPLES: self.max_examples})
+                changes[name] = MetricRecord(dict(metrics) | {weighted_by_key: self.max_examples})
                 reply = dataclasses.replace(reply, num_examples=self.max_examples)
             if self.max_update_norm:
                 arrays = dict(reply.arrays)
                 for key, layers in reply.arrays.items():
-                    base = reference if key == WEIGHTS else None
+                    base = None if key == GRADIENT else reference
                     norm = update_norm(layers, base)
                     if norm > self.max_update_norm:
                         clipped.append(f"'{key}' update norm {norm:.4g} scaled to {self.max_update_norm:g} "

@@ -1,4 +1,4 @@
-"""GMA: the journal version's gradient mask on top of any Flower strategy.
+"""GMA: the journal version's gradient mask on top of a Flower strategy.
 
 Tenison, Sreeramadas, Mugunthan, Oyallon, Rish, Belilovsky, "Gradient Masked
 Averaging for Federated Learning", TMLR 2023 (arXiv 2201.11986).
@@ -10,20 +10,14 @@ server update then uses m * Delta where it would use Delta (FedAvg: w_t + m * De
 FedAvgM/FedAdam/FedYogi/FedAdagrad: -m * Delta is the server optimizer's
 pseudo-gradient; FedProx: as FedAvg, the proximal term stays on the clients).
 
-Because m is shared by all clients, rewriting each client's weights to
-w_t + m * Delta_k before the wrapped strategy aggregates them yields exactly
-w_t + m * Delta inside an averaging strategy, so one wrapper serves every Flower
-strategy without touching their code. For the averaging ones (``AVERAGING``),
-rather than re-encoding K replies for the wrapped strategy to decode and average
-again, the wrapper computes that masked mean once and hands the wrapped strategy
-a single reply holding it, with the clients' total ``num-examples`` and their
-already averaged metrics: a weighted mean of one reply is that reply, so the
-result is the same and the aggregation costs about as much as FedAvg's own (see
-fedgma.tools.bench). Every other strategy (median, trimmed mean, Krum, MultiKrum,
-Bulyan, q-FedAvg) looks at the replies one by one, so it gets each client's
-masked reply, as Flower's own differential-privacy wrappers hand on clipped ones.
-Either way the wrapped strategy gets new messages: the received replies are not
-edited.
+Because m is shared by all clients, rewriting each reply's trainable arrays to
+w_t + m * Delta_k before the wrapped strategy aggregates gives exactly that, so
+one wrapper serves every averaging strategy without touching its code; it also
+commutes with FedMedian and FedTrimmedAvg, and is refused over strategies for
+which it would mean something else (:mod:`.composition`). The wrapped strategy
+aggregates the rewritten replies itself: its record keys, weights, metric
+aggregation callback and non-trainable arrays (BatchNorm statistics, counters)
+are its own.
 """
 
 from __future__ import annotations
@@ -31,34 +25,34 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp.strategy import Strategy
 
 from .arguments import check_choice, check_fraction
+from .composition import CompositionError, gma_aggregation, is_robust
 from .masking import MaskedLayer, apply_mask_to_update, gma_layer, mask_statistics
-from .protocol import METRICS, WEIGHTS, with_content, with_records
+from .protocol import with_records
 from .records import encode
 from .replies import AcceptedReply
-from .wrapper import MaskingWrapper
-
-#: Strategies whose server update starts from the weighted mean of the replies (and nothing else of them).
-AVERAGING = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+from .trainable import Trainable
+from .wrapper import MaskingWrapper, with_counts
 
 
 class GMA(MaskingWrapper):
     """Gradient-masked averaging (journal version) wrapped around a strategy.
 
     A wrapper in the shape of Flower's differential-privacy wrappers: sampling,
-    configuration and evaluation are the wrapped strategy's; the train replies are
-    masked before it aggregates them. Replies with an error are left out; for
-    screening, counts and resumption wrap it in :class:`~fedgma.strategies.ReplyGuard`.
+    configuration, evaluation and metric aggregation are the wrapped strategy's;
+    the trainable arrays of the train replies are masked before it aggregates
+    them. Failed and malformed replies are skipped, counted and logged.
 
     Parameters
     ----------
-    strategy : FedAvg
-        The strategy whose aggregation is masked: any of Flower's Message-API
-        strategies (all derive from FedAvg).
+    strategy : Strategy
+        The strategy whose aggregation is masked: FedAvg, FedProx, FedAvgM,
+        FedAdam, FedYogi, FedAdagrad (exact GMA), FedMedian or FedTrimmedAvg
+        (the mask commutes with them). Others are refused (:mod:`.composition`).
     tau : float (default: 0.4)
         Threshold on the sign agreement A_j in [0, 1]; coordinates with
         A_j >= tau are kept whole. 0.4 is the common default of public code.
@@ -66,51 +60,49 @@ class GMA(MaskingWrapper):
         "soft" scales the other coordinates by A_j (the journal version);
         "hard" zeroes them (AND-mask).
     weighted_agreement : bool (default: False)
-        Weight each client's sign by its number of examples (declearn's option)
-        instead of counting clients equally (the paper).
+        Weight each client's sign by its weight (``weighted_by_key``, declearn's
+        option) instead of counting clients equally (the paper). Refused over
+        FedMedian and FedTrimmedAvg: one client claiming many examples would
+        choose the mask the robust aggregator is there to protect.
+    trainable : collection of names or function (default: the name rule)
+        Which arrays are masked (:mod:`.trainable`); the others reach the
+        wrapped strategy as the clients sent them.
+    aggregation : str (default: None, read from the strategy's class)
+        "weighted-mean" or "coordinate-wise": declares how a strategy this
+        library does not know aggregates.
     """
 
-    def __init__(self, strategy: FedAvg, tau: float = 0.4, mask: str = "soft",
-                 weighted_agreement: bool = False) -> None:
-        if not isinstance(strategy, FedAvg):
-            raise TypeError(f"GMA wraps Flower's Message-API strategies (subclasses of FedAvg, whose replies "
-                            f"hold the client's weights); got {type(strategy).__name__}")
-        super().__init__(strategy, weighted_agreement)
+    def __init__(self, strategy: Strategy, tau: float = 0.4, mask: str = "soft", weighted_agreement: bool = False,
+                 trainable: Trainable = None, aggregation: str | None = None) -> None:
+        super().__init__(strategy, weighted_agreement, trainable)
+        self.aggregation = gma_aggregation(strategy, aggregation)
+        if weighted_agreement and is_robust(self.aggregation):
+            raise CompositionError(f"GMA({type(strategy).__name__}) with weighted_agreement=True is refused: one "
+                                   "client claiming many examples would choose the mask, which the robust "
+                                   "aggregator cannot undo; use the unweighted agreement (one vote per client)")
         self.tau = check_fraction("GMA threshold tau", tau)
         self.mask = check_choice("GMA mask", mask, ("soft", "hard"))
 
     def summary(self) -> None:
-        log(INFO, "\t├──> GMA: %s mask, tau %s, %s agreement", self.mask, self.tau,
-            "example-weighted" if self.weighted_agreement else "unweighted")
+        log(INFO, "\t├──> GMA: %s mask, tau %s, %s agreement, over a %s", self.mask, self.tau,
+            "example-weighted" if self.weighted_agreement else "unweighted", self.aggregation)
         self.strategy.summary()
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies, weights, sign_weights = self.read(replies)
-        if not replies:
-            return None, None
-        layers = {name: gma_layer(reference, [r.arrays[WEIGHTS][name] for r in replies], weights, self.tau,
-                                  self.mask, sign_weights)
-                  for name, reference in self._current.items()}
-        if type(self.strategy) in AVERAGING:
-            handed_on = [self._masked_mean(replies, layers)]
-            log(INFO, "GMA: masked mean of %d replies goes to %s as one aggregate", len(replies),
-                type(self.strategy).__name__)
-        else:
-            handed_on = [self._masked_reply(reply, layers) for reply in replies]
-        arrays, inner_metrics = self.strategy.aggregate_train(server_round, handed_on)
-        return arrays, MetricRecord(dict(inner_metrics or {}) | mask_statistics(self._current, layers))
+        screened, names = self.screen(server_round, replies)
+        if not screened.accepted:
+            return None, with_counts(None, screened)
+        accepted, sign_weights = screened.accepted, self.sign_weights(screened.accepted)
+        layers = {name: gma_layer(self._current[name], [r.weights[name] for r in accepted],
+                                  [r.num_examples for r in accepted], self.tau, self.mask, sign_weights)
+                  for name in names}
+        arrays, metrics = self.strategy.aggregate_train(server_round, [self._masked(r, layers) for r in accepted])
+        statistics = mask_statistics({name: self._current[name] for name in names}, layers) if layers else {}
+        return arrays, with_counts(MetricRecord(dict(metrics or {}) | statistics), screened)
 
-    def _masked_mean(self, replies: list[AcceptedReply], layers: dict[str, MaskedLayer]) -> Message:
-        """One reply holding the masked mean, the clients' total weight and their averaged metrics."""
-        key = self.strategy.weighted_by_key
-        metrics = self.strategy.train_metrics_aggr_fn([r.message.content for r in replies], key)
-        content = RecordDict({WEIGHTS: encode({name: layer.weights for name, layer in layers.items()}),
-                              METRICS: MetricRecord(dict(metrics) | {key: sum(r.num_examples for r in replies)})})
-        return with_content(replies[0].message, content)
-
-    def _masked_reply(self, reply: AcceptedReply, layers: dict[str, MaskedLayer]) -> Message:
-        """The reply with its weights replaced by w_t + m * (w_k - w_t)."""
-        return with_records(reply.message, {WEIGHTS: encode({
-            name: apply_mask_to_update(reference, reply.arrays[WEIGHTS][name], layers[name].mask)
-            for name, reference in self._current.items()})})
+    def _masked(self, reply: AcceptedReply, layers: dict[str, MaskedLayer]) -> Message:
+        """The reply (weights only) with each trainable array replaced by w_t + m * (w_k - w_t)."""
+        weights = {name: apply_mask_to_update(self._current[name], array, layers[name].mask) if name in layers
+                   else array for name, array in reply.weights.items()}
+        return with_records(self.weights_only(reply), {reply.weights_key: encode(weights)})

@@ -32,6 +32,7 @@ strategy) in a ReplyGuard, and a Flower user may do the same.
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
 from typing import Any
@@ -44,10 +45,10 @@ from flwr.serverapp.strategy import Strategy
 
 from .arguments import check_fraction
 from .bounds import ReplyBounds
-from .protocol import ASK, CLIENT, PARTITION_ID, WEIGHTS
+from .protocol import ASK, CLIENT, NUM_EXAMPLES, PARTITION_ID
 from .records import cast_like, decode
 from .replies import diagnose_api_mismatch, reported_partition, screen_replies
-from .sampling import PartitionOrderedGrid, sampling_seed, seeded_random
+from .sampling import PartitionOrderedGrid, sampling_from, sampling_seed
 
 
 class ReplyGuard(Strategy):
@@ -56,9 +57,9 @@ class ReplyGuard(Strategy):
     Parameters
     ----------
     strategy : Strategy
-        Any Message-API Flower strategy (FedAvg, FedAdam, ..., FedGMA, GMA). If it
-        has an ``expected_records`` attribute (FedGMA's gradient direction), train
-        replies must hold exactly those ArrayRecords; otherwise the weights only.
+        Any Message-API Flower strategy (FedAvg, FedAdam, ..., FedGMA, GMA). Train
+        replies must hold one ArrayRecord of weights, plus a 'gradient' one when
+        the strategy's ``expects_gradient`` is true (FedGMA's gradient direction).
     seed : int (default: 0)
         The run's seed; with ``reproducible_sampling``, sampling in round t is
         seeded from (seed, t).
@@ -91,8 +92,12 @@ class ReplyGuard(Strategy):
         self._connected = 0  # nodes connected when this round was configured
 
     @property
-    def expected_records(self) -> tuple[str, ...]:
-        return getattr(self.strategy, "expected_records", (WEIGHTS,))
+    def expects_gradient(self) -> bool:
+        return getattr(self.strategy, "expects_gradient", False)
+
+    @property
+    def weighted_by_key(self) -> str:
+        return wrapped_attribute(self.strategy, "weighted_by_key", NUM_EXAMPLES)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.strategy!r})"
@@ -114,12 +119,13 @@ class ReplyGuard(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        screened = screen_replies(self._in_partition_order(replies), self._current, self.expected_records,
-                                  self._client_label)
+        screened = screen_replies(self._in_partition_order(replies), self._current, self.expects_gradient,
+                                  self._client_label, self.weighted_by_key)
         missing = self._sent["train"] - len(screened.accepted) - screened.failed - screened.rejected
         for _ in range(max(0, missing)):
             screened.fail("a client did not reply before the round timeout")
-        accepted, clipped = self.bounds.apply(screened.accepted, self._current, self._client_label)
+        accepted, clipped = self.bounds.apply(screened.accepted, self._current, self._client_label,
+                                              self.weighted_by_key)
         arrays, metrics, outcome = None, None, "aggregated"
         needed = max(1, int(np.ceil(self.min_accepted_fraction * self._sent["train"] - 1e-9)))
         if len(accepted) < needed:
@@ -162,7 +168,7 @@ class ReplyGuard(Strategy):
         replies = self._in_partition_order(replies)
         if not replies and not self._sent["evaluate"]:
             return None  # no client evaluation this round (fraction-evaluate = 0)
-        screened = screen_replies(replies, None, label=self._client_label)
+        screened = screen_replies(replies, None, label=self._client_label, weighted_by_key=self.weighted_by_key)
         for _ in range(max(0, self._sent["evaluate"] - len(replies))):
             screened.fail("a client did not send its evaluation before the round timeout")
         metrics = None
@@ -178,12 +184,12 @@ class ReplyGuard(Strategy):
     def _configure(self, phase: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                    grid: Grid) -> list[Message]:
         """The wrapped strategy's instructions; with ``reproducible_sampling``, over partition-ordered nodes
-        and a generator seeded for this round (the global ``random`` is restored afterwards)."""
+        and a generator of this round's own (Python's global ``random`` is not touched)."""
         configure = getattr(self.strategy, f"configure_{phase}")
-        fraction = sampled_fraction(self.strategy, phase)
+        fraction = float(wrapped_attribute(self.strategy, f"fraction_{phase}", 1.0))
         if self.reproducible_sampling and 0.0 < fraction < 1.0:
             self._learn_partitions(grid)
-            with seeded_random(sampling_seed(self.seed, server_round, phase)):
+            with sampling_from(random.Random(sampling_seed(self.seed, server_round, phase))):
                 instructions = list(configure(server_round, arrays, config,
                                               PartitionOrderedGrid(grid, self.partitions)))
         else:
@@ -238,12 +244,13 @@ class ReplyGuard(Strategy):
         self.round_offset = round_offset
 
 
-def sampled_fraction(strategy: Strategy, phase: str) -> float:
-    """``fraction_train`` / ``fraction_evaluate`` of the innermost strategy that samples (wrappers such as
-    FedGMA, GMA and Flower's differential-privacy ones hold the sampling strategy as ``strategy``)."""
-    while not hasattr(strategy, f"fraction_{phase}") and isinstance(getattr(strategy, "strategy", None), Strategy):
+def wrapped_attribute(strategy: Strategy, name: str, default: Any) -> Any:
+    """The attribute ``name`` (``fraction_train``, ``weighted_by_key``, ...) of the outermost strategy that has
+    it, looking through wrappers (FedGMA, GMA and Flower's differential-privacy ones hold the strategy they
+    wrap as ``strategy``); ``default`` if none has it."""
+    while not hasattr(strategy, name) and isinstance(getattr(strategy, "strategy", None), Strategy):
         strategy = strategy.strategy
-    return float(getattr(strategy, f"fraction_{phase}", 1.0))
+    return getattr(strategy, name, default)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, Any]:

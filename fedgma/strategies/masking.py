@@ -132,12 +132,14 @@ class FedGMADirection(NamedTuple):
 
 
 def fedgma_direction(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],
-                     gradients: Sequence[np.ndarray] | None = None,
-                     sign_weights: Sequence[float] | None = None) -> FedGMADirection:
+                     gradients: Sequence[np.ndarray] | None = None, sign_weights: Sequence[float] | None = None,
+                     mean_weights: np.ndarray | None = None) -> FedGMADirection:
     """w_bar, d_bar and the agreement of one layer: d_bar is the weighted mean of the clients' last gradients
     g_k when given (the paper), else the pseudo-gradient w_t - w_bar (its signs are those of w_t - w_k,
-    computed without forming the differences)."""
-    mean_weights = weighted_mean(client_weights, example_weights)
+    computed without forming the differences). ``mean_weights``: w_bar when the caller has it already (the
+    wrapped strategy's aggregate)."""
+    if mean_weights is None:
+        mean_weights = weighted_mean(client_weights, example_weights)
     if gradients is not None:
         return direction_of_means(reference, mean_weights, weighted_mean(gradients, example_weights),
                                   sign_agreement(gradients, sign_weights))
@@ -172,36 +174,6 @@ def fedgma_masked(part: FedGMADirection, threshold: float, server_lr: float) -> 
     what secure aggregation hands the server (:mod:`fedgma.strategies.secagg`)."""
     mask = hard_mask(part.agreement, threshold)
     return MaskedLayer(fedgma_step(part, mask, server_lr), part.mean_weights, mask, part.agreement)
-
-
-#: Matched controls for FedGMA's step (``fedgma-control``): the same step without sign agreement.
-STEP_CONTROLS = ("none", "uniform-step", "random-mask")
-
-
-def random_mask_like(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A 0/1 mask (float32) with as many ones as ``mask`` has non-zeros, at positions drawn by ``rng``."""
-    out = np.zeros(mask.size, dtype=np.float32)
-    out[rng.choice(mask.size, size=int(np.count_nonzero(mask)), replace=False)] = 1.0
-    return out.reshape(mask.shape)
-
-
-def control_masks(masks: Mapping[str, np.ndarray], control: str,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The step masks of a matched control for FedGMA's hard sign masks (one per layer).
-
-    ``none``: the masks themselves (FedGMA). ``uniform-step``: every coordinate steps by the round's
-    overall mask density d (so w_bar - eta_s d d_bar: the same mean step length, no selection).
-    ``random-mask``: per layer, as many kept coordinates as the sign mask keeps, chosen at random. If a
-    control does as well as FedGMA, the gain comes from the larger step, not from where agreement puts it.
-    """
-    if control == "none":
-        return dict(masks)
-    if control == "uniform-step":
-        density = sum(np.count_nonzero(m) for m in masks.values()) / sum(m.size for m in masks.values())
-        return {name: np.full(m.shape, density, dtype=np.float32) for name, m in masks.items()}
-    if control == "random-mask":
-        return {name: random_mask_like(m, rng) for name, m in masks.items()}
-    raise ValueError(f"FedGMA control must be one of {', '.join(map(repr, STEP_CONTROLS))}, got {control!r}")
 
 
 def gma_layer(reference: np.ndarray, client_weights: Sequence[np.ndarray], example_weights: Sequence[float],

@@ -6,8 +6,9 @@ server strategy, and a renamed key cannot drift between the two sides.
 
 A train reply's ``RecordDict`` holds:
 
-* ``WEIGHTS`` (ArrayRecord): the client's weights, with the layer names, order,
-  shapes and dtypes of the global model the server sent;
+* one ArrayRecord of the client's weights, under the key the server's strategy
+  sent them in (Flower's default ``arrays``), with the layer names, order, shapes
+  and dtypes of the global model the server sent;
 * ``GRADIENT`` (ArrayRecord), only when the train config has ``SEND_GRADIENT``
   true (FedGMA's gradient direction): the client's last local gradient, same layers;
 * one MetricRecord (``METRICS``) with ``NUM_EXAMPLES`` > 0 and the client's
@@ -26,7 +27,6 @@ import copy
 
 from flwr.app import Message, RecordDict
 
-WEIGHTS = "arrays"  # Flower's default ArrayRecord key for model weights
 GRADIENT = "gradient"
 METRICS = "metrics"
 NUM_EXAMPLES = "num-examples"

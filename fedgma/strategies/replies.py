@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from .protocol import CLIENT, NUM_EXAMPLES, PARTITION_ID, WEIGHTS
+from .protocol import CLIENT, GRADIENT, NUM_EXAMPLES, PARTITION_ID
 from .records import decode
 
 #: Bounds on what one client can make the server record: a reason is cut to MAX_REASON characters; a reply
@@ -38,7 +38,16 @@ class AcceptedReply:
 
     message: Message
     arrays: dict[str, dict[str, np.ndarray]]  # ArrayRecord key -> layer name -> array
-    num_examples: float
+    num_examples: float  # the reply's weight (its ``weighted_by_key`` metric)
+
+    @property
+    def weights_key(self) -> str:
+        """The key of the ArrayRecord holding the client's weights (whatever the app calls it)."""
+        return next(key for key in self.arrays if key != GRADIENT)
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.arrays[self.weights_key]
 
 
 @dataclass
@@ -71,17 +80,19 @@ def bounded(text: str, limit: int = MAX_REASON) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
-def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] | None,
-                   records: tuple[str, ...] = (WEIGHTS,),
-                   label: Callable[[Message], str] | None = None) -> ScreenedReplies:
+def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] | None, gradient: bool = False,
+                   label: Callable[[Message], str] | None = None,
+                   weighted_by_key: str = NUM_EXAMPLES) -> ScreenedReplies:
     """Split replies into accepted, failed and rejected ones.
 
     Train replies (``reference`` = the global model sent this round) must hold
-    exactly the ArrayRecords named in ``records``, each with the layer names,
-    shapes and dtypes of ``reference`` and only finite values. Evaluate replies
-    (``reference=None``) must hold no ArrayRecord. Both must hold one MetricRecord
-    of finite numbers with ``num-examples`` > 0, whose names match those of most
-    other replies. ``label`` names a client in the reasons (default: by node id).
+    one ArrayRecord of weights under any key (apps name it as they like), plus a
+    ``gradient`` ArrayRecord when ``gradient`` is true (FedGMA's gradient
+    direction), each with the layer names, shapes and dtypes of ``reference`` and
+    only finite values. Evaluate replies (``reference=None``) must hold no
+    ArrayRecord. Both must hold one MetricRecord of finite numbers with
+    ``weighted_by_key`` > 0, whose names match those of most other replies.
+    ``label`` names a client in the reasons (default: by node id).
     """
     label = label or (lambda message: f"client node {message.metadata.src_node_id}")
     screened = ScreenedReplies()
@@ -91,7 +102,7 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
             screened.fail(f"{label(message)} failed: {short_reason(message.error.reason)}")
             continue
         try:
-            candidates.append(_accept(message, reference, records if reference is not None else ()))
+            candidates.append(_accept(message, reference, gradient, weighted_by_key))
         except ValueError as problem:
             screened.reject(f"{label(message)} rejected: {problem}")
     usual = Counter(_metric_names(c.message) for c in candidates).most_common(1)
@@ -116,10 +127,10 @@ def _metric_names(message: Message) -> frozenset[str]:
     return frozenset(next(iter(message.content.metric_records.values())).keys())
 
 
-def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: tuple[str, ...]) -> AcceptedReply:
+def _accept(message: Message, reference: dict[str, np.ndarray] | None, gradient: bool,
+            weighted_by_key: str) -> AcceptedReply:
     content = message.content
-    if sorted(content.array_records) != sorted(records):
-        raise ValueError(f"it holds ArrayRecords {sorted(content.array_records)}, expected {sorted(records)}")
+    _check_record_keys(sorted(content.array_records), reference is not None, gradient)
     arrays = {}
     for key, record in content.array_records.items():
         if list(record.keys()) != list(reference):
@@ -128,9 +139,26 @@ def _accept(message: Message, reference: dict[str, np.ndarray] | None, records: 
     if len(content.metric_records) != 1:
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
-    num_examples = check_num_examples(metrics.get(NUM_EXAMPLES))
+    num_examples = check_num_examples(metrics.get(weighted_by_key), weighted_by_key)
     check_metrics(metrics)
     return AcceptedReply(message, arrays, num_examples)
+
+
+def _check_record_keys(keys: list[str], train: bool, gradient: bool) -> None:
+    """ValueError unless the reply holds the ArrayRecords its phase needs: none (evaluate), or one of weights
+    under any key plus, for FedGMA's gradient direction, ``gradient``."""
+    if not train:
+        if keys:
+            raise ValueError(f"an evaluate reply holds ArrayRecords {keys}, expected none")
+        return
+    if gradient and GRADIENT not in keys:
+        raise ValueError(f"it holds ArrayRecords {keys} but no '{GRADIENT}': FedGMA's direction='gradient' needs "
+                         f"the client's last local gradient in an ArrayRecord '{GRADIENT}' (the train config asks "
+                         "for it with 'send-gradient'); send it, or use direction='pseudo-gradient', which needs "
+                         "only the weights")
+    if len([key for key in keys if key != GRADIENT]) != 1 or (GRADIENT in keys and not gradient):
+        raise ValueError(f"it holds ArrayRecords {keys}, expected one of weights"
+                         + (f" and '{GRADIENT}'" if gradient else f" (no '{GRADIENT}': none was asked for)"))
 
 
 def check_metrics(metrics: Mapping[str, object]) -> None:
@@ -158,11 +186,11 @@ def check_arrays(key: str, arrays: dict[str, np.ndarray], reference: dict[str, n
     return arrays
 
 
-def check_num_examples(value: object) -> float:
-    """A usable ``num-examples`` (a positive finite number) as float; else ValueError."""
+def check_num_examples(value: object, key: str = NUM_EXAMPLES) -> float:
+    """A usable weight (a positive finite number, the ``key`` metric) as float; else ValueError."""
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or not value > 0):
-        raise ValueError(f"'{NUM_EXAMPLES}' must be a positive finite number, got {value!r}")
+        raise ValueError(f"'{key}' must be a positive finite number, got {value!r}")
     return float(value)
 
 
@@ -188,18 +216,3 @@ def diagnose_api_mismatch(screened: ScreenedReplies) -> str | None:
             "Build it with `app = fedgma.clientapp_from_numpy_client(client_fn)` instead of "
             "`ClientApp(client_fn=client_fn)`.")
 
-
-def read_replies(replies: Iterable[Message], weighted_by_key: str = NUM_EXAMPLES) -> list[AcceptedReply]:
-    """The replies without an error, each with its ArrayRecords decoded (views, no copy) and its weight.
-
-    No screening: a strategy reads its replies with this after :class:`~fedgma.strategies.ReplyGuard` has
-    screened them (or trusts them, as Flower's own strategies do).
-    """
-    read = []
-    for message in replies:
-        if message.has_error():
-            continue
-        metrics = next(iter(message.content.metric_records.values()))
-        read.append(AcceptedReply(message, {key: decode(record) for key, record in message.content.array_records.items()},
-                                  float(metrics[weighted_by_key])))
-    return read

@@ -1,11 +1,13 @@
-"""Reproducible client sampling over Flower's samplers, without touching Python's global ``random``.
+"""Reproducible client sampling over Flower's sampler, with a generator of its own.
 
-Flower's strategies sample nodes with ``random.sample`` from ``grid.get_node_ids()``.
+Flower's strategies sample nodes with ``random.sample`` (in
+``flwr.serverapp.strategy.strategy_utils.sample_nodes``) from ``grid.get_node_ids()``.
 The simulation engine gives nodes new random ids in every run, so to pick the
 same clients in two runs with one seed, the node list must come in a fixed order
-(by the partition ids the clients report) and ``random`` must be seeded per round.
-:func:`seeded_random` does the seeding and then puts the global generator back as
-it was, so no other code's random stream is changed.
+(by the partition ids the clients report) and the draw must come from a generator
+seeded for the round. :func:`sampling_from` points the sampler's ``random`` at a
+``random.Random`` of the round for the duration of one ``configure_*`` call:
+Python's global generator is neither reseeded nor drawn from.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import strategy_utils
 
 
 class PartitionOrderedGrid:
@@ -39,11 +43,7 @@ def sampling_seed(seed: int, server_round: int, phase: str) -> int:
 
 
 @contextmanager
-def seeded_random(seed: int) -> Iterator[None]:
-    """Python's global ``random`` seeded with ``seed`` inside the block, and restored after it."""
-    saved = random.getstate()
-    random.seed(seed)
-    try:
+def sampling_from(generator: random.Random) -> Iterator[None]:
+    """Flower's node sampler draws from ``generator`` inside the block (and from ``random`` again after it)."""
+    with mock.patch.object(strategy_utils, "random", generator):
         yield
-    finally:
-        random.setstate(saved)
