@@ -106,5 +106,8 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as problem:
         recorder.set_status(f"failed: {type(problem).__name__}: {problem}")
         raise
-    recorder.finish(evaluate_fn.latest.to_torch_state_dict())
+    untrained = strategy.untrained()
+    recorder.finish(evaluate_fn.latest.to_torch_state_dict(), "completed" if untrained is None else f"failed: {untrained}")
+    if untrained is not None:  # Flower marks the run failed, so `flwr list` and the runner see it
+        raise RuntimeError(untrained)
     log(INFO, "Run finished; metrics.json, metrics.csv, model.pt and accuracy.png are in %s", recorder.folder)

@@ -145,7 +145,10 @@ def test_a_legacy_client_against_our_server_gets_a_clear_diagnosis(mnist_dir, tm
     with LocalFlower() as flower:
         done = flower.run(app, {"data-dir": str(mnist_dir), "num-rounds": 1, "max-client-examples": 50,
                                 "max-test-examples": 100, "output-dir": str(out)}, 2)
+        status = flower.runs()[0]["status"]
     assert "the ClientApp is a legacy ClientApp(client_fn=...) serving a NumPyClient" in done.output
     assert "fedgma.clientapp_from_numpy_client(client_fn)" in done.output
-    row = json.loads((out / "metrics.json").read_text())["rounds"][1]
-    assert row["replies-failed"] == 2 and "fitins.parameters" in row["diagnosis"]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["rounds"][1]["replies-failed"] == 2 and "fitins.parameters" in report["rounds"][1]["diagnosis"]
+    assert report["status"].startswith("failed: no round aggregated a reply in 1 rounds")  # not "completed"
+    assert status == "finished:failed"

@@ -158,6 +158,15 @@ class ReplyGuard(Strategy):
         self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons + clipped})
         return arrays, metrics
 
+    def untrained(self) -> str | None:
+        """Why the model never changed, if no round of this start aggregated a reply (None otherwise): every
+        client failing is a failed run, not a completed one with an untrained model."""
+        if not self.notes or any(note.get("outcome") == "aggregated" for note in self.notes.values()):
+            return None
+        reasons = [reason for note in self.notes.values() for reason in note.get("reasons", [])]
+        return (f"no round aggregated a reply in {len(self.notes)} rounds"
+                + (f"; first reason: {reasons[0]}" if reasons else ""))
+
     # --- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
