@@ -81,8 +81,8 @@ def bounded(text: str, limit: int = MAX_REASON) -> str:
 
 
 def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] | None, gradient: bool = False,
-                   label: Callable[[Message], str] | None = None,
-                   weighted_by_key: str = NUM_EXAMPLES) -> ScreenedReplies:
+                   label: Callable[[Message], str] | None = None, weighted_by_key: str = NUM_EXAMPLES,
+                   exact_dtypes: bool = True) -> ScreenedReplies:
     """Split replies into accepted, failed and rejected ones.
 
     Train replies (``reference`` = the global model sent this round) must hold
@@ -92,7 +92,8 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
     only finite values. Evaluate replies (``reference=None``) must hold no
     ArrayRecord. Both must hold one MetricRecord of finite numbers with
     ``weighted_by_key`` > 0, whose names match those of most other replies.
-    ``label`` names a client in the reasons (default: by node id).
+    ``label`` names a client in the reasons (default: by node id). ``exact_dtypes=False`` accepts any
+    numeric dtype, as Flower's strategies do (FedAdam sends float64 arrays back to a float32 model).
     """
     label = label or (lambda message: f"client node {message.metadata.src_node_id}")
     screened = ScreenedReplies()
@@ -102,7 +103,7 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
             screened.fail(f"{label(message)} failed: {short_reason(message.error.reason)}")
             continue
         try:
-            candidates.append(_accept(message, reference, gradient, weighted_by_key))
+            candidates.append(_accept(message, reference, gradient, weighted_by_key, exact_dtypes))
         except ValueError as problem:
             screened.reject(f"{label(message)} rejected: {problem}")
     usual = Counter(_metric_names(c.message) for c in candidates).most_common(1)
@@ -127,15 +128,15 @@ def _metric_names(message: Message) -> frozenset[str]:
     return frozenset(next(iter(message.content.metric_records.values())).keys())
 
 
-def _accept(message: Message, reference: dict[str, np.ndarray] | None, gradient: bool,
-            weighted_by_key: str) -> AcceptedReply:
+def _accept(message: Message, reference: dict[str, np.ndarray] | None, gradient: bool, weighted_by_key: str,
+            exact_dtypes: bool) -> AcceptedReply:
     content = message.content
     _check_record_keys(sorted(content.array_records), reference is not None, gradient)
     arrays = {}
     for key, record in content.array_records.items():
         if list(record.keys()) != list(reference):
             raise ValueError(f"ArrayRecord '{key}' has layers {list(record.keys())}, expected {list(reference)}")
-        arrays[key] = check_arrays(key, decode(record), reference)
+        arrays[key] = check_arrays(key, decode(record), reference, exact_dtypes)
     if len(content.metric_records) != 1:
         raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
@@ -173,13 +174,15 @@ def check_metrics(metrics: Mapping[str, object]) -> None:
             raise ValueError(f"metric '{name}' is not finite: {value!r}")
 
 
-def check_arrays(key: str, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``arrays`` if every layer has the shape and dtype of ``reference``'s and only finite values; else ValueError."""
+def check_arrays(key: str, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                 exact_dtypes: bool = True) -> dict[str, np.ndarray]:
+    """``arrays`` if every layer has the shape of ``reference``'s, its dtype (with ``exact_dtypes``; else any
+    numeric one) and only finite values; else ValueError."""
     for name, array in arrays.items():
         expected = reference[name]
         if array.shape != expected.shape:
             raise ValueError(f"'{key}/{name}' has shape {array.shape}, expected {expected.shape}")
-        if array.dtype != expected.dtype:
+        if not np.issubdtype(array.dtype, np.number) or (exact_dtypes and array.dtype != expected.dtype):
             raise ValueError(f"'{key}/{name}' has dtype {array.dtype}, expected {expected.dtype}")
         if not np.isfinite(array).all():
             raise ValueError(f"'{key}/{name}' contains NaN or Inf")

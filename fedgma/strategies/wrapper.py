@@ -4,8 +4,11 @@ Like Flower's differential-privacy wrappers, a masking wrapper holds the wrapped
 strategy as ``strategy`` and forwards sampling, configuration, evaluation and
 metric aggregation to it; it keeps the round's global arrays w_t (sent in
 ``configure_train``) to measure the clients' updates from, and screens the train
-replies as Flower's strategies do: a failed or malformed reply is skipped,
-counted in the round's metrics and logged with its reason.
+replies as Flower's strategies do: a failed or malformed reply (missing or
+mis-shaped arrays, NaN, no usable weight) is skipped, counted in the round's
+metrics and logged with its reason. Any numeric dtype is accepted, as Flower's
+strategies accept it (FedAdam returns float64 arrays to a float32 model, and the
+clients answer in float32); :class:`~fedgma.strategies.ReplyGuard` is stricter.
 
 The wrapped strategy's own ``start`` is not called: ``wrapper.start(...)`` runs
 Flower's round loop around the wrapper. A strategy that overrides ``start`` (to
@@ -67,7 +70,8 @@ class MaskingWrapper(Strategy):
             raise RuntimeError(f"{type(self).__name__}.aggregate_train was called before configure_train: the "
                                "wrapper measures updates from the arrays configure_train sent (Flower's "
                                "Strategy.start calls them in that order)")
-        screened = screen_replies(replies, self._current, self.expects_gradient, weighted_by_key=self.weighted_by_key)
+        screened = screen_replies(replies, self._current, self.expects_gradient, weighted_by_key=self.weighted_by_key,
+                                  exact_dtypes=False)
         log(INFO, "%s, round %d: %d replies accepted, %d failed, %d rejected", type(self).__name__, server_round,
             len(screened.accepted), screened.failed, screened.rejected)
         return screened, trainable_names(self._current, self.trainable)
