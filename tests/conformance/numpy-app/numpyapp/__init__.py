@@ -1,0 +1,1 @@
+"""numpyapp: a Flower / NumPy app."""
