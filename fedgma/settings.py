@@ -155,8 +155,10 @@ class Settings:
     strategy: str = _opt("fedgma", "Server strategy: 'fedgma' (the workshop version) or one of Flower's "
                                    "Message-API strategies (the robust aggregators fedmedian, fedtrimmedavg, krum, "
                                    "multikrum and bulyan, and qfedavg, included).", choices=STRATEGIES)
-    gma: bool = _opt(False, "Apply the journal version's GMA mask on top of the strategy, any but 'fedgma' "
-                            "(which masks already).")
+    gma: bool = _opt(False, "Apply the journal version's GMA mask on top of the strategy: exact over fedavg, "
+                            "fedprox, fedavgm, fedadam, fedyogi, fedadagrad, commuting with fedmedian and "
+                            "fedtrimmedavg; refused with krum, multikrum, bulyan, qfedavg and 'fedgma' "
+                            "(docs/use-with-flower.md).")
     p: float = _opt(0.7, "FedGMA (workshop) hard-mask threshold on the sign agreement.", low=0.0, high=1.0)
     server_lr: float = _opt(1e-4, "FedGMA server step size eta_s along the masked mean gradient.", low=0.0)
     fedgma_direction: str = _opt("gradient", "What FedGMA masks: the clients' last local 'gradient' (paper) "

@@ -3,15 +3,20 @@ callbacks, strategies it must refuse, and misuse without the app's ReplyGuard (c
 Flower strategies)."""
 
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import grid_with
+from conftest import REPO, grid_with
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common import ndarrays_to_parameters
+from flwr.server import strategy as legacy
+from flwr.serverapp import strategy as message_api
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedYogi, Krum
 
+from fedgma.legacy.strategies import LegacyFedGMA, LegacyGMA
 from fedgma.strategies import GMA, FedGMA, ReplyGuard
 from fedgma.strategies.composition import CompositionError
 from fedgma.strategies.records import decode, encode
@@ -208,3 +213,35 @@ def test_wrapping_a_strategy_that_overrides_start_warns(caplog):
 
     GMA(SavesResults())
     assert "overrides start(), which GMA does not call" in caplog.text
+
+
+
+def _both_apis(name):
+    """``name``'s Message-API strategy and, where Flower has one, its legacy one, with required arguments."""
+    start = ndarrays_to_parameters([np.zeros(1)])
+    message = {"QFedAvg": dict(client_learning_rate=0.1), "FedProx": dict(proximal_mu=0.1)}.get(name, {})
+    old = {"FedProx": dict(proximal_mu=0.1), "FedAdam": dict(initial_parameters=start),
+           "FedYogi": dict(initial_parameters=start), "FedAdagrad": dict(initial_parameters=start)}.get(name, {})
+    made = [(getattr(message_api, name)(**message), GMA, FedGMA)]
+    if hasattr(legacy, name):
+        made.append((getattr(legacy, name)(**old), LegacyGMA, LegacyFedGMA))
+    return made
+
+
+def test_the_combination_table_in_the_docs_is_what_the_code_does():
+    text = (REPO / "docs" / "use-with-flower.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (exact GMA|commutes|refused) \| (defined|refused) \|$", text, re.M)
+    assert len(rows) == 12
+    meaning = {"exact GMA": "weighted-mean", "commutes": "coordinate-wise"}
+    for name, gma, fedgma in rows:
+        for strategy, make_gma, make_fedgma in _both_apis(name):
+            if gma == "refused":
+                with pytest.raises(CompositionError, match="is refused"):
+                    make_gma(strategy)
+            else:
+                assert make_gma(strategy).aggregation == meaning[gma], name
+            if fedgma == "refused":
+                with pytest.raises(CompositionError, match="is refused"):
+                    make_fedgma(strategy)
+            else:
+                make_fedgma(strategy)

@@ -22,9 +22,9 @@ from fedgma.strategies import GMA, FedGMA
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fedavg (Flower)": lambda: FedAvg(min_available_nodes=1, min_train_nodes=1),
-    "fedgma (gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7),
-    "fedgma (pseudo-gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7,
-                                               direction="pseudo-gradient"),
+    "fedgma (gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7,
+                                        direction="gradient"),
+    "fedgma (pseudo-gradient)": lambda: FedGMA(FedAvg(min_available_nodes=1, min_train_nodes=1), p=0.7),
     "fedadam (Flower)": lambda: FedAdam(min_available_nodes=1, min_train_nodes=1),
     "gma + fedadam": lambda: GMA(FedAdam(min_available_nodes=1, min_train_nodes=1), tau=0.4),
 }
