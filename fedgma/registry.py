@@ -82,10 +82,9 @@ def build_strategy(settings: Settings) -> ReplyGuard:
     except CompositionError as refused:
         raise ConfigError(f"Run-config keys strategy={settings.strategy!r}, gma={str(settings.gma).lower()}, "
                           f"agreement-weighting={settings.agreement_weighting!r}: {refused}") from None
-    # The app's runs must be bit-identical under one seed, also when clients are sampled: reproducible sampling.
     return ReplyGuard(inner, seed=settings.seed, min_accepted_fraction=settings.min_accepted_fraction,
                       bounds=ReplyBounds(settings.max_examples, settings.max_update_norm),
-                      reproducible_sampling=True)
+                      reproducible_sampling=settings.reproducible_sampling)
 
 
 def build_legacy_inner(settings: Settings, **sampling: Any) -> legacy.Strategy:

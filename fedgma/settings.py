@@ -111,6 +111,10 @@ class Settings:
     min_accepted_fraction: float = _opt(0.0, "A round counts only if at least this fraction of the clients asked "
                                               "to train sent an accepted reply (always at least one); otherwise "
                                               "the previous model is kept.", low=0.0, high=1.0)
+    reproducible_sampling: bool = _opt(True, "With fraction-train or fraction-evaluate below 1, sample the same "
+                                             "clients in every run with one seed: each node is asked for its "
+                                             "partition id once, 500 at a time (false: Flower's own sampling, "
+                                             "which differs between runs).")
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "
                                        "(Flower's min_available_nodes).", low=1, high=MAX_COUNT)
     max_examples: float = _opt(0.0, "Count at most this many examples for one reply: a larger 'num-examples' is "

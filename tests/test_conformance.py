@@ -24,7 +24,8 @@ CONFORMANCE = REPO / "tests" / "conformance"
 #: app folder, its package, extra run config, what it is
 APPS = {
     "quickstart-pytorch": ("quickstart-pytorch", "pytorchexample", {"model": "net"}),
-    "resnet18-batchnorm": ("quickstart-pytorch", "pytorchexample", {"model": "resnet18", "learning-rate": 0.01}),
+    "resnet18-batchnorm": ("quickstart-pytorch", "pytorchexample",
+                           {"model": "resnet18", "learning-rate": 0.01, "num-server-rounds": 1}),
     "numpy-only": ("numpy-app", "numpyapp", {}),
     "legacy-tutorial": ("legacy-tutorial", "my_awesome_app", {}),
     "scikit-learn": ("sklearn-app", "sklearnexample", {}),

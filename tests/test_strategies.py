@@ -309,3 +309,30 @@ def test_no_strategy_edits_a_reply_it_received(make):
     after = [(dict(next(iter(m.content.metric_records.values()))),
               {k: bytes(a.data) for k, a in m.content["arrays"].items()}) for m in replies]
     assert after == before
+
+
+def test_the_guard_asks_each_node_for_its_partition_once_in_bounded_batches(caplog):
+    """At 1,200 nodes: three QUERY batches of at most 500, once; a node that never answers is reported once
+    and not asked again in later rounds."""
+    from flwr.app import Message, RecordDict
+
+    from fedgma.strategies.guard import QUERY_BATCH
+
+    nodes = list(range(1, 1201))
+    batches = []
+
+    def answer(asks, timeout):
+        batches.append(len(asks))
+        return [Message(RecordDict({"client": ConfigRecord({"partition-id": ask.metadata.dst_node_id - 1})}),
+                        reply_to=ask) for ask in asks if ask.metadata.dst_node_id != 7]  # node 7 never answers
+
+    grid = grid_with(nodes)
+    grid.send_and_receive.side_effect = answer
+    strategy = ReplyGuard(FedAvg(fraction_train=0.01, min_available_nodes=1, min_train_nodes=1),
+                          reproducible_sampling=True)
+    reference, _ = global_and_clients()
+    for server_round in (1, 2, 3):
+        strategy.configure_train(server_round, encode(reference), ConfigRecord(), grid)
+    assert batches == [QUERY_BATCH, QUERY_BATCH, 200]
+    assert len(strategy.partitions) == 1199 and 7 not in strategy.partitions
+    assert caplog.text.count("1 of 1200 clients did not report their partition id") == 1

@@ -19,7 +19,7 @@ strategy) in a ReplyGuard, and a Flower user may do the same.
   clients report (then node ids), not in arrival order. With
   ``reproducible_sampling`` (off by default) client sampling is also seeded per
   round, over nodes listed in partition order (:mod:`.sampling`); nodes whose
-  partition is not yet known are asked once with a QUERY message.
+  partition is not yet known are asked once with a QUERY message, 500 at a time.
 * **Resumption.** ``round_offset`` shifts Flower's round numbers (which restart
   at 1 in every ``Strategy.start``) to the run's true rounds, and
   :meth:`state` / :meth:`restore` carry what the wrapped strategy holds between
@@ -49,6 +49,9 @@ from .protocol import ASK, CLIENT, NUM_EXAMPLES, PARTITION_ID
 from .records import cast_like, decode
 from .replies import diagnose_api_mismatch, reported_partition, screen_replies
 from .sampling import PartitionOrderedGrid, sampling_from, sampling_seed
+
+#: How many nodes one QUERY round asks for their partition id.
+QUERY_BATCH = 500
 
 
 class ReplyGuard(Strategy):
@@ -90,6 +93,7 @@ class ReplyGuard(Strategy):
         self._current: dict[str, np.ndarray] = {}  # this round's global arrays
         self._sent = {"train": 0, "evaluate": 0}  # instructions sent this round
         self._connected = 0  # nodes connected when this round was configured
+        self._asked: set[int] = set()  # nodes asked for their partition id (each is asked once)
 
     @property
     def expects_gradient(self) -> bool:
@@ -222,18 +226,25 @@ class ReplyGuard(Strategy):
         return f"client partition {self.partitions[node]}" if node in self.partitions else f"client node {node}"
 
     def _learn_partitions(self, grid: Grid, timeout: float = 120.0) -> None:
-        """Ask nodes of unknown partition for it once (a QUERY message)."""
-        unknown = [node for node in grid.get_node_ids() if node not in self.partitions]
-        if not unknown:
+        """Ask every node not asked before for its partition id (QUERY messages), at most ``QUERY_BATCH`` at a
+        time: Flower's in-memory link state scans every stored message on every poll, so 10,000 questions at
+        once cost minutes. A node that does not answer is reported once and not asked again; it is sampled
+        after the known ones, in node-id order."""
+        unasked = [node for node in grid.get_node_ids() if node not in self.partitions and node not in self._asked]
+        if not unasked:
             return
-        asks = [Message(RecordDict({CLIENT: ConfigRecord({ASK: PARTITION_ID})}), dst_node_id=node,
-                        message_type=MessageType.QUERY) for node in unknown]
-        answered = [reply for reply in grid.send_and_receive(asks, timeout=timeout) if reported_partition(reply)
-                    is not None]
+        self._asked.update(unasked)
+        answered = []
+        for start in range(0, len(unasked), QUERY_BATCH):
+            asks = [Message(RecordDict({CLIENT: ConfigRecord({ASK: PARTITION_ID})}), dst_node_id=node,
+                            message_type=MessageType.QUERY) for node in unasked[start:start + QUERY_BATCH]]
+            answered += [reply for reply in grid.send_and_receive(asks, timeout=timeout)
+                         if reported_partition(reply) is not None]
         self._in_partition_order(answered)
-        if len(answered) < len(unknown):
-            log(WARNING, "%d of %d clients did not report their partition id; they are sampled in node-id order, "
-                         "which differs between runs.", len(unknown) - len(answered), len(unknown))
+        if len(answered) < len(unasked):
+            log(WARNING, "%d of %d clients did not report their partition id; they are sampled after the others in "
+                         "node-id order, which differs between runs, and not asked again.",
+                len(unasked) - len(answered), len(unasked))
 
     # --- checkpoints ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
