@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import pytest
 from conftest import REPO
 
+from fedgma.tools.deploy.__main__ import main as deploy_main
 from fedgma.tools.local_flower import run_config_arg
 from fedgma.tools.deploy import local
 from fedgma.tools.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
@@ -91,23 +92,50 @@ def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes
     assert not deployment.alive("intruder") and "Receiving: train message" not in intruder_log
 
 
-def run_and_kill(deployment, app_dir, config, node, when):
-    """``flwr run`` against the deployment; kill ``node`` as soon as its log holds ``when`` (a text and how many
-    times it must appear); the run's output once it ends."""
+def run_until(deployment, app_dir, config, ready, then):
+    """``flwr run`` against the deployment; call ``then()`` as soon as ``ready()`` holds; the run's output once it
+    ends."""
     run = subprocess.Popen([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config",
                             run_config_arg(config)], cwd=deployment.workdir, env=deployment.env(deployment.cli_home),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    text, times = when
     try:
         deadline = time.time() + 180
-        while (deployment.logs / f"{node}.log").read_text().count(text) < times:
-            assert time.time() < deadline, f"{node}'s log never showed {text!r} {times} times"
+        while not ready():
+            assert time.time() < deadline, "the run never got where the test acts"
             time.sleep(0.1)
-        deployment.kill(node)
+        then()
         output, _ = run.communicate(timeout=600)
     finally:
         run.kill()
     return output
+
+
+def run_and_kill(deployment, app_dir, config, node, when):
+    """:func:`run_until` ``node``'s log holds ``when`` (a text and how many times it must appear), then kill it."""
+    text, times = when
+    return run_until(deployment, app_dir, config,
+                     lambda: (deployment.logs / f"{node}.log").read_text().count(text) >= times,
+                     lambda: deployment.kill(node))
+
+
+def recorded_rounds(out):
+    """The rounds metrics.json in ``out`` holds so far ([] before it exists)."""
+    try:
+        return [row["round"] for row in json.loads((out / "metrics.json").read_text())["rounds"]]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def test_deploy_down_mid_run_records_a_stop_and_keeps_the_finished_rounds(deployment, mnist_dir, tmp_path):
+    """`deploy down` once round 1 is recorded, so during round 2: SIGTERM reaches the ServerApp, whose
+    metrics.json says it was stopped on purpose (not "failed: SystemExit: 0") and keeps rounds 0 and 1."""
+    out = tmp_path / "out"
+    run_until(deployment, REPO, tiny_run(mnist_dir, out, **{"num-rounds": 3}), lambda: 1 in recorded_rounds(out),
+              lambda: deploy_main(["down", "--workdir", str(deployment.workdir)]))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["status"] == "stopped: by the operator during round 2", report["status"]
+    assert [row["round"] for row in report["rounds"]] == [0, 1]
+    assert not any(deployment.alive(name) for name in deployment.pids)
 
 
 def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):
