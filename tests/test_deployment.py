@@ -51,6 +51,32 @@ def deployment(tmp_path, mnist_dir):
         yield deployed
 
 
+def test_up_down_up_in_one_folder_reuses_its_keys_and_fresh_starts_clean(tmp_path, mnist_dir, capsys):
+    """The second `up` in a folder finds its node keys still registered in the SuperLink's saved database (it
+    failed with "Public key already in use"): it reuses them, and the earlier deployment's nodes; `up --fresh`
+    deletes the folder's keys, certificates and database first, so new keys are registered."""
+    folder = tmp_path / "deploy"
+    up = ["up", "--workdir", str(folder), "--nodes", "2", "--data-dir", str(mnist_dir)]
+    try:
+        deploy_main(up)
+        first_key = (folder / "keys" / "node-0.pub").read_bytes()
+        nodes = {node["node-id"] for node in Deployment(folder).online_nodes()}
+        deploy_main(["down", "--workdir", str(folder)])
+        capsys.readouterr()
+        deploy_main(up)
+        printed = capsys.readouterr().out
+        assert printed.count("already registered with this folder's SuperLink (reused)") == 2, printed
+        assert (folder / "keys" / "node-0.pub").read_bytes() == first_key
+        assert {node["node-id"] for node in Deployment(folder).online_nodes()} == nodes
+        deploy_main(["down", "--workdir", str(folder)])
+        deploy_main([*up, "--fresh"])
+        assert "already registered" not in capsys.readouterr().out
+        assert (folder / "keys" / "node-0.pub").read_bytes() != first_key
+        assert len(Deployment(folder).online_nodes()) == 2
+    finally:
+        Deployment(folder).stop()
+
+
 def test_the_superlink_serves_supernodes_over_the_installed_flowers_transport(deployment):
     superlink_log = (deployment.logs / "superlink.log").read_text()
     assert deployment.transport == default_transport()

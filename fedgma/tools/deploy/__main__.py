@@ -6,6 +6,9 @@ One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
     FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream --run-config "data-dir='/path/to/mnist'"
     python -m fedgma.tools.deploy down
 
+A later ``up`` in the same folder reuses its certificates, keys and SuperLink
+database (registered keys, earlier runs); ``up --fresh`` deletes them first.
+
 Several machines: ``certs`` on the SuperLink machine (name its host with --host),
 ``node-key`` on each SuperNode machine, then register each public key with
 ``register`` (or ``flwr supernode register``); docs/deployment.md has the steps.
@@ -17,26 +20,39 @@ import argparse
 from pathlib import Path
 
 from .keys import make_certificates, make_node_key
-from .local import CONNECTION, TRANSPORTS, Deployment, default_transport
+from .local import CONNECTION, LAYOUT, TRANSPORTS, Deployment, DeploymentError, default_transport
 
 DEFAULT_WORKDIR = Path("deploy/run")
 
 
-def up(args: argparse.Namespace) -> None:
-    try:
-        deployment = Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
-                                transport=args.transport)
-    except ValueError as problem:
-        raise SystemExit(str(problem)) from None
+def _deployment(args: argparse.Namespace) -> Deployment:
+    """The deployment `up` starts: refused while the folder's processes run; cleared first with ``--fresh``."""
+    def read(transport: str | None) -> Deployment:
+        return Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
+                          transport=transport)
+
+    # --fresh ignores the transport meta.json recorded: one of another Flower release must not block the clean-up
+    deployment = read((args.transport or default_transport()) if args.fresh else args.transport)
     if deployment.pids:
         raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
                          f"`python -m fedgma.tools.deploy down --workdir {args.workdir}` first")
+    if not args.fresh:
+        return deployment
+    deployment.remove(LAYOUT)
+    return read(args.transport)
+
+
+def up(args: argparse.Namespace) -> None:
+    try:
+        deployment = _deployment(args)
+    except ValueError as problem:
+        raise SystemExit(str(problem)) from None
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
     try:
         deployment.start_superlink()
         for i in range(args.nodes):
-            if not args.insecure:
-                deployment.register(f"node-{i}")
+            if not args.insecure and not deployment.register(f"node-{i}"):
+                print(f"node-{i}: key already registered with this folder's SuperLink (reused)")
             deployment.start_supernode(f"node-{i}", i, args.nodes, data_dir)
         deployment.wait_for_nodes(args.nodes)
     except BaseException:
@@ -74,9 +90,12 @@ def status(args: argparse.Namespace) -> None:
 
 def register(args: argparse.Namespace) -> None:
     deployment = Deployment(args.workdir)
-    deployment.register(args.name)
+    try:
+        done = "Registered" if deployment.register(args.name) else "Already registered:"
+    except DeploymentError as problem:
+        raise SystemExit(str(problem)) from None
     private, _ = deployment.node_key(args.name)
-    print(f"Registered {args.name}. On its machine, with {private} copied there:\n"
+    print(f"{done} {args.name}. On its machine, with {private} copied there:\n"
           f"  flower-supernode --superlink <superlink-host>:{deployment.fleet_port} --root-certificates ca.crt "
           f"--auth-supernode-private-key {args.name} --port 9094 "
           f"--node-config \"partition-id=I num-partitions=N data-dir='/path/to/mnist'\"")
@@ -96,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default=None,
                    help=f"SuperNode <-> SuperLink: grpc (Flower <= 1.39) or http (1.40+); default here: "
                         f"{default_transport()} (from the installed Flower)")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this folder's earlier deployment first (certificates, keys, SuperLink database "
+                        "with its runs, logs); without it a later up reuses them")
     p.set_defaults(run=up)
     for name, run, text in (("down", down, "stop everything `up` started"),
                             ("status", status, "list the processes and their logs")):

@@ -18,6 +18,12 @@ SuperNodes and the SuperLink's Fleet API (:func:`default_transport`):
     flwr-home/    FLWR_HOME of the CLI, with the connection "fedgma-deploy" in config.toml
     state/        each process's own FLWR_HOME (installed app bundles) and the SuperLink's database
     pids.json     the processes this folder started (PID, start time, command line), for ``down``
+    meta.json     the ports, transport and mode, so that a later ``up`` in this folder reuses them
+
+A second ``up`` in the same folder reuses all of it: the same certificates and
+keys, and the SuperLink's database, which still holds the registered node keys
+and the earlier runs. :meth:`Deployment.remove` with :data:`LAYOUT` clears it
+for a fresh start (``up --fresh``).
 
 Processes are started in their own sessions and keep running after ``up``
 returns; ``down`` (or :meth:`Deployment.stop`) stops them, and their children,
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +53,14 @@ BIN = Path(sys.executable).parent
 CONNECTION = "fedgma-deploy"
 TRANSPORTS = ("grpc", "http")
 FIRST_HTTP_ONLY = Version("1.40")  # Flower 1.40 release notes: SuperNodes no longer accept --grpc-rere
+#: What ``up`` writes into a work folder (the module docstring says what each holds).
+LAYOUT = ("ca", "certs", "keys", "logs", "flwr-home", "state", "pids.json", "meta.json")
+#: What ``flwr supernode register`` says of a key the SuperLink's database already holds (Flower 1.39 to 1.42).
+ALREADY_REGISTERED = "Public key already in use"
+
+
+class DeploymentError(RuntimeError):
+    """A part of the deployment did not start or work; the message says which and what is likely wrong."""
 
 
 def flower_version() -> Version:
@@ -157,13 +172,33 @@ class Deployment:
         self._save()
 
     def stop(self) -> None:
-        """Stop every process this work folder started, and their children, by PID."""
-        pids = set(self.pids.values())
-        for pid in list(pids):
-            pids |= descendants(pid)
-        stop(pids)
+        """Stop every process this work folder started, and their children, by PID: first everything but the
+        SuperLink itself (the SuperNodes, and the SuperLink's children: SuperExec, ServerApp), then the SuperLink.
+        A SuperNode that stops deactivates itself at the SuperLink; one that outlives it stays "online" in the
+        SuperLink's saved database for up to a minute (two 30 s heartbeats), and the SuperLink (Flower 1.39 to
+        1.42) refuses to activate an online node again: the next `up` in this folder could fail (it did under
+        1.39)."""
+        superlink = self.pids.get("superlink")
+        first = {pid for name, pid in self.pids.items() if name != "superlink"}
+        for pid in {*first, *([superlink] if superlink else [])}:
+            first |= descendants(pid)
+        stop(first)
+        if superlink:
+            stop({superlink} | descendants(superlink))
         self.pids.clear()
         self._save()
+
+    def remove(self, entries: tuple[str, ...] | set[str]) -> None:
+        """Delete these entries of :data:`LAYOUT` from the work folder (only those: the folder may hold other
+        files of the user's), and the folder itself if that leaves it empty."""
+        for entry in set(entries) & set(LAYOUT):
+            path = self.workdir / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        if self.workdir.is_dir() and not any(self.workdir.iterdir()):
+            self.workdir.rmdir()
 
     # --- the parts ------------------------------------------------------------------
     @property
@@ -194,7 +229,7 @@ class Deployment:
         deadline = time.time() + wait
         while not all(_accepts_connections(port) for port in {self.port, self.fleet_port}):
             if not self.alive("superlink") or time.time() > deadline:
-                raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
+                raise DeploymentError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
 
     def write_connection(self) -> None:
@@ -208,9 +243,16 @@ class Deployment:
         private = self.keys / name
         return (private, private.with_name(f"{name}.pub")) if private.exists() else make_node_key(self.keys, name)
 
-    def register(self, name: str) -> None:
-        """Register SuperNode ``name``'s public key with the SuperLink (``flwr supernode register``)."""
-        self.cli(["supernode", "register", str(self.node_key(name)[1]), CONNECTION, "--name", name])
+    def register(self, name: str) -> bool:
+        """Register SuperNode ``name``'s public key with the SuperLink (``flwr supernode register``); False, and
+        nothing done, when the SuperLink's database holds that key already (an earlier ``up`` in this folder)."""
+        args = ["supernode", "register", str(self.node_key(name)[1]), CONNECTION, "--name", name]
+        done = self.cli(args, check=False)
+        if done.returncode == 0:
+            return True
+        if ALREADY_REGISTERED in done.stdout + done.stderr:
+            return False
+        raise DeploymentError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
     def start_supernode(self, name: str, partition_id: int, num_partitions: int, data_dir: str) -> int:
         node_config = f"partition-id={partition_id} num-partitions={num_partitions} data-dir='{data_dir}'"
@@ -231,7 +273,7 @@ class Deployment:
         deadline = time.time() + timeout
         while len(self.online_nodes()) < count:
             if time.time() > deadline:
-                raise RuntimeError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
+                raise DeploymentError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
             time.sleep(1)
 
     # --- the CLI --------------------------------------------------------------------
@@ -239,7 +281,7 @@ class Deployment:
         done = subprocess.run([str(BIN / "flwr"), *args], cwd=self.workdir, env=self.env(self.cli_home),
                               capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+            raise DeploymentError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 
     def run_app(self, app_dir: Path, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
