@@ -20,7 +20,9 @@ from conftest import REPO
 from fedgma.tools.deploy.__main__ import main as deploy_main
 from fedgma.tools.local_flower import run_config_arg
 from fedgma.tools.deploy import local
-from fedgma.tools.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
+from fedgma.tools.deploy.local import (BIN, CONNECTION, Deployment, DeploymentError, check_transport,
+                                       default_transport)
+from fedgma.tools.processes import free_port
 
 pytestmark = pytest.mark.deployment
 
@@ -77,6 +79,36 @@ def test_up_down_up_in_one_folder_reuses_its_keys_and_fresh_starts_clean(tmp_pat
         Deployment(folder).stop()
 
 
+def test_a_supernode_given_a_wrong_port_gives_up_and_names_the_address(tmp_path, mnist_dir):
+    """A SuperNode whose --superlink nothing answers at (and, over gRPC, one given the CLI's HTTPS port: two ports,
+    an easy mistake) used to retry for ever; now it gives up after the deployment's --max-wait-time and
+    wait_for_nodes says which address it tried and what is likely wrong there."""
+    with deployed_nodes(tmp_path / "deploy", mnist_dir, 0) as deployment:
+        deployment.node_wait = 5
+        wrong = {"closed": free_port()} | ({"cli-port": deployment.port} if deployment.transport == "grpc" else {})
+        right = deployment.fleet_port
+        started = time.time()
+        for name, port in wrong.items():
+            deployment.register(name)
+            deployment.fleet_port = port
+            deployment.start_supernode(name, 0, 2, str(mnist_dir))
+        deployment.fleet_port = right
+        with pytest.raises(DeploymentError) as raised:
+            deployment.wait_for_nodes(1)
+        assert time.time() - started < 60, "the SuperNode did not give up within its bound"
+        assert "gave up reaching the SuperLink at 127.0.0.1:" in str(raised.value)
+        deadline = time.time() + 60
+        while any(deployment.alive(name) for name in wrong) and time.time() < deadline:
+            time.sleep(0.5)
+        closed = deployment.exit_reason("closed")
+        assert f"at 127.0.0.1:{wrong['closed']} (its --superlink" in closed, closed
+        assert f"nothing accepts connections at 127.0.0.1:{wrong['closed']}" in closed, closed
+        if "cli-port" in wrong:
+            cli = deployment.exit_reason("cli-port")
+            assert f"{deployment.address} is the SuperLink's HTTP(S) port, for the CLI" in cli, cli
+            assert f"its Fleet API port, {deployment.fleet_address}" in cli, cli
+
+
 def test_the_superlink_serves_supernodes_over_the_installed_flowers_transport(deployment):
     superlink_log = (deployment.logs / "superlink.log").read_text()
     assert deployment.transport == default_transport()
@@ -116,6 +148,8 @@ def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes
     intruder_log = (deployment.logs / "intruder.log").read_text()
     assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]  # refused by the SuperLink
     assert not deployment.alive("intruder") and "Receiving: train message" not in intruder_log
+    assert f"reached the SuperLink at {deployment.fleet_address}, which refused to activate it: its key is not " \
+           "registered there" in deployment.exit_reason("intruder")
 
 
 def run_until(deployment, app_dir, config, ready, then):

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from .keys import make_certificates, make_node_key
-from .local import CONNECTION, LAYOUT, TRANSPORTS, Deployment, DeploymentError, default_transport
+from .local import CONNECTION, LAYOUT, NODE_WAIT_S, TRANSPORTS, Deployment, DeploymentError, default_transport
 
 DEFAULT_WORKDIR = Path("deploy/run")
 
@@ -29,7 +29,7 @@ def _deployment(args: argparse.Namespace) -> Deployment:
     """The deployment `up` starts: refused while the folder's processes run; cleared first with ``--fresh``."""
     def read(transport: str | None) -> Deployment:
         return Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
-                          transport=transport)
+                          transport=transport, node_wait=args.node_wait)
 
     # --fresh ignores the transport meta.json recorded: one of another Flower release must not block the clean-up
     deployment = read((args.transport or default_transport()) if args.fresh else args.transport)
@@ -97,7 +97,7 @@ def register(args: argparse.Namespace) -> None:
     private, _ = deployment.node_key(args.name)
     print(f"{done} {args.name}. On its machine, with {private} copied there:\n"
           f"  flower-supernode --superlink <superlink-host>:{deployment.fleet_port} --root-certificates ca.crt "
-          f"--auth-supernode-private-key {args.name} --port 9094 "
+          f"--auth-supernode-private-key {args.name} --port 9094 --max-wait-time {deployment.node_wait:g} "
           f"--node-config \"partition-id=I num-partitions=N data-dir='/path/to/mnist'\"")
 
 
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="delete this folder's earlier deployment first (certificates, keys, SuperLink database "
                         "with its runs, logs); without it a later up reuses them")
+    p.add_argument("--node-wait", type=float, default=NODE_WAIT_S,
+                   help=f"seconds a SuperNode tries to reach the SuperLink before giving up (flower-supernode "
+                        f"--max-wait-time; default {NODE_WAIT_S:g})")
     p.set_defaults(run=up)
     for name, run, text in (("down", down, "stop everything `up` started"),
                             ("status", status, "list the processes and their logs")):

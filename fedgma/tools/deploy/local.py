@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from packaging.version import Version
 
 from ..local_flower import run_config_arg
 from ..processes import descendants, free_port, identity, is_alive, same_process, stop
+from .diagnose import listens, supernode_exit
 from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
@@ -55,6 +55,9 @@ TRANSPORTS = ("grpc", "http")
 FIRST_HTTP_ONLY = Version("1.40")  # Flower 1.40 release notes: SuperNodes no longer accept --grpc-rere
 #: What ``up`` writes into a work folder (the module docstring says what each holds).
 LAYOUT = ("ca", "certs", "keys", "logs", "flwr-home", "state", "pids.json", "meta.json")
+#: Seconds a SuperNode tries to reach its SuperLink before giving up (its ``--max-wait-time``, per request):
+#: long enough for a SuperLink restart, short enough that a wrong address shows within a minute.
+NODE_WAIT_S = 60.0
 #: What ``flwr supernode register`` says of a key the SuperLink's database already holds (Flower 1.39 to 1.42).
 ALREADY_REGISTERED = "Public key already in use"
 
@@ -89,22 +92,16 @@ def check_transport(transport: str) -> str:
     return transport
 
 
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 class Deployment:
     """SuperLink + SuperNodes under ``workdir``; see the module docstring for the layout."""
 
     def __init__(self, workdir: Path, insecure: bool = False, port: int | None = None,
-                 hosts: list[str] | None = None, transport: str | None = None) -> None:
+                 hosts: list[str] | None = None, transport: str | None = None,
+                 node_wait: float = NODE_WAIT_S) -> None:
         self.workdir = Path(workdir).resolve()
         self.insecure = insecure
         self.hosts = hosts or []
+        self.node_wait = node_wait
         self.certs, self.keys, self.logs = self.workdir / "certs", self.workdir / "keys", self.workdir / "logs"
         self.ca = self.workdir / "ca"  # the CA's private key, apart from what the SuperLink reads
         self.cli_home, self.state = self.workdir / "flwr-home", self.workdir / "state"
@@ -227,7 +224,7 @@ class Deployment:
         self._spawn("superlink", command)
         self.write_connection()
         deadline = time.time() + wait
-        while not all(_accepts_connections(port) for port in {self.port, self.fleet_port}):
+        while not all(listens(f"127.0.0.1:{port}") for port in {self.port, self.fleet_port}):
             if not self.alive("superlink") or time.time() > deadline:
                 raise DeploymentError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
@@ -257,7 +254,7 @@ class Deployment:
     def start_supernode(self, name: str, partition_id: int, num_partitions: int, data_dir: str) -> int:
         node_config = f"partition-id={partition_id} num-partitions={num_partitions} data-dir='{data_dir}'"
         command = [str(BIN / "flower-supernode"), "--superlink", self.fleet_address, "--host", "127.0.0.1",
-                   "--port", str(free_port()), "--node-config", node_config]
+                   "--port", str(free_port()), "--node-config", node_config, "--max-wait-time", f"{self.node_wait:g}"]
         if self.insecure:
             command.append("--insecure")
         else:
@@ -270,11 +267,25 @@ class Deployment:
         return [node for node in listing.get("nodes", []) if node.get("status") == "online"]
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        """Until ``count`` SuperNodes are online; DeploymentError as soon as a SuperNode this folder started has
+        exited (saying where it dialled and what is likely wrong there), or after ``timeout`` seconds."""
         deadline = time.time() + timeout
-        while len(self.online_nodes()) < count:
+        while True:
+            for name in self.pids:
+                if name != "superlink" and not self.alive(name):
+                    raise DeploymentError(self.exit_reason(name))
+            if len(self.online_nodes()) >= count:
+                return
             if time.time() > deadline:
                 raise DeploymentError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
             time.sleep(1)
+
+    def exit_reason(self, name: str) -> str:
+        """Why SuperNode ``name`` exited: the address of its ``--superlink``, what answers there, its log's end."""
+        command = self.identities.get(name, {}).get("command", [])
+        dialled = command[command.index("--superlink") + 1] if "--superlink" in command[:-1] else self.fleet_address
+        return supernode_exit(name, dialled, self.logs / f"{name}.log",
+                              transport=self.transport, fleet_address=self.fleet_address, cli_address=self.address)
 
     # --- the CLI --------------------------------------------------------------------
     def cli(self, args: list[str], check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
