@@ -22,7 +22,7 @@ from fedgma.tools.local_flower import run_config_arg
 from fedgma.tools.deploy import local
 from fedgma.tools.deploy.local import (BIN, CONNECTION, Deployment, DeploymentError, check_transport,
                                        default_transport)
-from fedgma.tools.processes import free_port
+from fedgma.tools.processes import free_port, pids_mentioning
 
 pytestmark = pytest.mark.deployment
 
@@ -77,6 +77,22 @@ def test_up_down_up_in_one_folder_reuses_its_keys_and_fresh_starts_clean(tmp_pat
         assert len(Deployment(folder).online_nodes()) == 2
     finally:
         Deployment(folder).stop()
+
+
+def test_a_failed_up_stops_what_it_started_and_removes_what_it_created(tmp_path, mnist_dir, monkeypatch):
+    """An `up` that fails once its processes run (here: the SuperNodes never come online) stops them, says so
+    without a traceback and leaves only the logs it names."""
+    folder = tmp_path / "deploy"
+
+    def never_online(deployment, count, timeout=90):
+        raise DeploymentError("fewer than 2 SuperNodes online")
+
+    monkeypatch.setattr(Deployment, "wait_for_nodes", never_online)
+    with pytest.raises(SystemExit, match="deploy up failed, stopped what it started and removed what it created"):
+        deploy_main(["up", "--workdir", str(folder), "--data-dir", str(mnist_dir)])
+    assert [path.name for path in folder.iterdir()] == ["logs"]
+    assert sorted(path.name for path in (folder / "logs").iterdir()) == ["node-0.log", "node-1.log", "superlink.log"]
+    assert not pids_mentioning(str(folder))
 
 
 def test_a_supernode_given_a_wrong_port_gives_up_and_names_the_address(tmp_path, mnist_dir):

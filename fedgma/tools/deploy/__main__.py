@@ -3,7 +3,8 @@
 One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
 
     python -m fedgma.tools.deploy up --nodes 2 --data-dir /path/to/mnist
-    FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream --run-config "data-dir='/path/to/mnist'"
+    FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream \
+        --run-config "data-dir='/path/to/mnist' min-available-nodes=2 num-rounds=3"
     python -m fedgma.tools.deploy down
 
 A later ``up`` in the same folder reuses its certificates, keys and SuperLink
@@ -23,6 +24,14 @@ from .keys import make_certificates, make_node_key
 from .local import CONNECTION, LAYOUT, NODE_WAIT_S, TRANSPORTS, Deployment, DeploymentError, default_transport
 
 DEFAULT_WORKDIR = Path("deploy/run")
+#: Rounds of the run `up` prints (and docs/deployment.md shows), a short trial: the app's default is 15.
+EXAMPLE_ROUNDS = 3
+
+
+def run_command(workdir: Path, data_dir: str, nodes: int) -> str:
+    """The ``flwr run`` command line for a deployment in ``workdir``, as `up` prints it."""
+    return (f"FLWR_HOME={workdir / 'flwr-home'} flwr run . {CONNECTION} --stream "
+            f"--run-config \"data-dir='{data_dir}' min-available-nodes={nodes} num-rounds={EXAMPLE_ROUNDS}\"")
 
 
 def _deployment(args: argparse.Namespace) -> Deployment:
@@ -47,6 +56,7 @@ def up(args: argparse.Namespace) -> None:
         deployment = _deployment(args)
     except ValueError as problem:
         raise SystemExit(str(problem)) from None
+    before = {entry for entry in LAYOUT if (deployment.workdir / entry).exists()}
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
     try:
         deployment.start_superlink()
@@ -55,8 +65,13 @@ def up(args: argparse.Namespace) -> None:
                 print(f"node-{i}: key already registered with this folder's SuperLink (reused)")
             deployment.start_supernode(f"node-{i}", i, args.nodes, data_dir)
         deployment.wait_for_nodes(args.nodes)
-    except BaseException:
+    except BaseException as problem:
         deployment.stop()
+        # What this `up` created goes; the logs of the processes it started stay, for the message below.
+        deployment.remove(set(LAYOUT) - before - {"logs"})
+        if isinstance(problem, DeploymentError):
+            raise SystemExit(f"deploy up failed, stopped what it started and removed what it created "
+                             f"(logs stay in {deployment.logs}):\n{problem}") from None
         raise
     mode = "insecure (no TLS, no node authentication)" if args.insecure else "TLS + SuperNode authentication"
     fleet = (f"SuperNodes over gRPC at {deployment.fleet_address}" if deployment.transport == "grpc"
@@ -67,8 +82,7 @@ def up(args: argparse.Namespace) -> None:
         print(f"SuperNode node-{i} (partition {i} of {args.nodes}): pid {deployment.pids[f'node-{i}']}, "
               f"log {deployment.logs / f'node-{i}.log'}")
     print(f"\nRun the app (ServerApp output streams here; ClientApp output is in the SuperNode logs):\n"
-          f"  FLWR_HOME={deployment.cli_home} flwr run . {CONNECTION} --stream "
-          f"--run-config \"data-dir='{data_dir}' min-available-nodes={args.nodes}\"\n"
+          f"  {run_command(args.workdir, data_dir, args.nodes)}\n"
           f"Stop everything:\n  python -m fedgma.tools.deploy down --workdir {args.workdir}")
 
 

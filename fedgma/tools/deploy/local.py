@@ -98,6 +98,8 @@ class Deployment:
     def __init__(self, workdir: Path, insecure: bool = False, port: int | None = None,
                  hosts: list[str] | None = None, transport: str | None = None,
                  node_wait: float = NODE_WAIT_S) -> None:
+        """Reads what the folder holds; writes nothing until a process starts (a refused transport leaves no
+        trace)."""
         self.workdir = Path(workdir).resolve()
         self.insecure = insecure
         self.hosts = hosts or []
@@ -106,13 +108,17 @@ class Deployment:
         self.ca = self.workdir / "ca"  # the CA's private key, apart from what the SuperLink reads
         self.cli_home, self.state = self.workdir / "flwr-home", self.workdir / "state"
         self.pid_file = self.workdir / "pids.json"
-        for folder in (self.logs, self.cli_home, self.state):
-            folder.mkdir(parents=True, exist_ok=True)
         self.identities, self.stale = self._read_pids()
         self.pids: dict[str, int] = {name: int(entry["pid"]) for name, entry in self.identities.items()}
         meta = self._read_meta()
         self.port = port or int(meta.get("port", 0)) or free_port()
-        self.transport = check_transport(transport or meta.get("transport") or default_transport())
+        try:
+            self.transport = check_transport(transport or meta.get("transport") or default_transport())
+        except ValueError as problem:
+            if transport or not meta.get("transport"):
+                raise
+            raise ValueError(f"{self.workdir} holds a deployment over {meta['transport']} (its meta.json), made "
+                             f"with another Flower release: `deploy up --fresh` starts clean. {problem}") from None
         self.fleet_port = int(meta.get("fleet-port", 0)) or (free_port() if self.transport == "grpc" else self.port)
 
     # --- processes --------------------------------------------------------------
@@ -124,6 +130,7 @@ class Deployment:
     def _spawn(self, name: str, command: list[str]) -> int:
         home = self.state / name
         home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(command, cwd=home, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -149,6 +156,7 @@ class Deployment:
 
     def _save(self) -> None:
         self.identities = {name: self.identities[name] for name in self.pids if name in self.identities}
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(json.dumps(self.identities, indent=2))
         (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure,
                                                             "transport": self.transport,
@@ -183,7 +191,8 @@ class Deployment:
         if superlink:
             stop({superlink} | descendants(superlink))
         self.pids.clear()
-        self._save()
+        if self.workdir.exists():  # `down` in a folder that never held a deployment leaves none
+            self._save()
 
     def remove(self, entries: tuple[str, ...] | set[str]) -> None:
         """Delete these entries of :data:`LAYOUT` from the work folder (only those: the folder may hold other
@@ -234,6 +243,7 @@ class Deployment:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
                  f'address = "{self.address}"']
         lines.append("insecure = true" if self.insecure else f'root-certificates = "{self.certs / "ca.crt"}"')
+        self.cli_home.mkdir(parents=True, exist_ok=True)
         (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def node_key(self, name: str) -> tuple[Path, Path]:
