@@ -8,6 +8,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -117,3 +118,18 @@ def test_a_refused_up_leaves_no_folder_behind(tmp_path):
     with pytest.raises(SystemExit, match=f"holds a deployment over {impossible} .* `deploy up --fresh` starts clean"):
         deploy_main(["up", "--workdir", str(folder)])
     assert [path.name for path in folder.iterdir()] == ["meta.json"]
+
+
+def test_stop_counts_a_zombie_as_exited():
+    """A stopped process whose parent still runs and has not reaped it (a SuperLink's SuperExec, stopped before
+    the SuperLink) is a zombie: it has exited, and `stop` does not wait out its grace period for it."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time\n"
+                               "child = subprocess.Popen(['sleep', '60']); print(child.pid, flush=True)\n"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        started = time.monotonic()
+        stop({child}, grace=5.0)
+        assert time.monotonic() - started < 2.5 and psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop({parent.pid}, grace=0.5)
