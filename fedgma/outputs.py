@@ -2,7 +2,7 @@
 
 ``metrics.json`` and ``metrics.csv`` are rewritten after every round (atomically),
 so a run that stops half way keeps every finished round; ``status`` in
-metrics.json says whether the run completed.
+metrics.json says whether the run completed, was stopped on purpose or failed.
 """
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ class RunRecorder:
         plot_accuracy(self.rows, self.folder / "accuracy.png")
         self.set_status(status)
 
+    def end_status(self, problem: BaseException) -> str:
+        """The status of a run that ``problem`` ended before its last round: ``stopped: ...`` for a stop on purpose
+        (:func:`stopped_on_purpose`), naming the round it was in, else ``failed: <exception>``."""
+        if not stopped_on_purpose(problem):
+            return f"failed: {type(problem).__name__}: {problem}"
+        current = self.rows[-1]["round"] + 1 if self.rows else 0
+        return f"stopped: by the operator during round {current}"
+
     def set_status(self, status: str) -> None:
         """Mark the run's status without touching the recorded rounds."""
         self.report["status"] = status
@@ -104,6 +112,14 @@ class RunRecorder:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write(self.folder / "metrics.csv", buffer.getvalue())
+
+
+def stopped_on_purpose(problem: BaseException) -> bool:
+    """Whether ``problem`` is an operator's stop: Ctrl-C outside Flower (KeyboardInterrupt), or SIGINT / SIGTERM /
+    SIGQUIT (``deploy down``, Ctrl-C, ``kill``) in a Flower process, whose handler
+    (``flwr.supercore.exit.register_signal_handlers``) exits gracefully with ``SystemExit(0)`` from wherever the
+    round loop was. Flower's exits on errors use code 1."""
+    return isinstance(problem, KeyboardInterrupt) or (isinstance(problem, SystemExit) and problem.code in (0, None))
 
 
 def prepare_output_dir(folder: Path, fresh: bool, overwrite: bool) -> None:

@@ -104,7 +104,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,
                        timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
     except BaseException as problem:
-        recorder.set_status(f"failed: {type(problem).__name__}: {problem}")
+        recorder.set_status(recorder.end_status(problem))
         raise
     untrained = strategy.untrained()
     recorder.finish(evaluate_fn.latest.to_torch_state_dict(), "completed" if untrained is None else f"failed: {untrained}")

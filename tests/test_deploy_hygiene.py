@@ -1,18 +1,24 @@
 """Deployment that stays ours: keys private from their first byte, the CA key apart from the SuperLink's files,
-and `deploy down` stopping only processes it can prove it started."""
+`deploy down` stopping only processes it can prove it started, and `deploy up` as the docs show it."""
 
 import json
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import psutil
 import pytest
+from conftest import REPO
 
-from fedgma.tools.deploy.__main__ import main as deploy_main
+from fedgma.settings import Settings
+from fedgma.tools.deploy.__main__ import EXAMPLE_ROUNDS, run_command, main as deploy_main
 from fedgma.tools.deploy.keys import make_certificates, make_node_key
-from fedgma.tools.deploy.local import Deployment
+from fedgma.tools.deploy.local import Deployment, default_transport
 from fedgma.tools.processes import identity, is_alive, same_process, stop
 
 
@@ -85,3 +91,45 @@ def test_a_wall_clock_step_does_not_hide_a_recorded_process(monkeypatch):
         assert not same_process(recorded | {"command": ["flower-supernode"]})
     finally:
         stop({bystander.pid}, grace=0.5)
+
+
+def test_the_run_command_up_prints_is_the_one_the_docs_show_with_valid_keys():
+    """`up` prints the `flwr run` line of docs/deployment.md, round count included (without one, copying it ran
+    the 15-round default, about 15 minutes), and every run-config key in it is one the app accepts."""
+    command = run_command(Path("deploy/run"), "/abs/path/to/mnist", 2)
+    docs = re.sub(r"\s*\\\n\s*", " ", (REPO / "docs" / "deployment.md").read_text())
+    assert docs.count(command) == 2, command  # one machine over HTTP(S), and over gRPC
+    pairs = dict(pair.split("=", 1) for pair in shlex.split(command.split("--run-config ", 1)[1])[0].split())
+    settings = Settings.from_run_config({key: int(value) if value.isdigit() else value.strip("'")
+                                         for key, value in pairs.items()})
+    assert settings.num_rounds == EXAMPLE_ROUNDS and settings.min_available_nodes == 2
+
+
+def test_a_refused_up_leaves_no_folder_behind(tmp_path):
+    """`up` with a transport the installed Flower cannot speak stops before writing anything; in a folder whose
+    earlier deployment used that transport (another Flower release), it says so and how to start clean."""
+    folder = tmp_path / "deploy"
+    impossible = "grpc" if default_transport() == "http" else "http"
+    with pytest.raises(SystemExit, match=f"--transport {impossible} is not possible"):
+        deploy_main(["up", "--workdir", str(folder), "--transport", impossible])
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"port": 9093, "transport": impossible}))
+    with pytest.raises(SystemExit, match=f"holds a deployment over {impossible} .* `deploy up --fresh` starts clean"):
+        deploy_main(["up", "--workdir", str(folder)])
+    assert [path.name for path in folder.iterdir()] == ["meta.json"]
+
+
+def test_stop_counts_a_zombie_as_exited():
+    """A stopped process whose parent still runs and has not reaped it (a SuperLink's SuperExec, stopped before
+    the SuperLink) is a zombie: it has exited, and `stop` does not wait out its grace period for it."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time\n"
+                               "child = subprocess.Popen(['sleep', '60']); print(child.pid, flush=True)\n"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        started = time.monotonic()
+        stop({child}, grace=5.0)
+        assert time.monotonic() - started < 2.5 and psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop({parent.pid}, grace=0.5)

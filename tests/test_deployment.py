@@ -17,9 +17,12 @@ from contextlib import contextmanager
 import pytest
 from conftest import REPO
 
+from fedgma.tools.deploy.__main__ import main as deploy_main
 from fedgma.tools.local_flower import run_config_arg
 from fedgma.tools.deploy import local
-from fedgma.tools.deploy.local import BIN, CONNECTION, Deployment, check_transport, default_transport
+from fedgma.tools.deploy.local import (BIN, CONNECTION, Deployment, DeploymentError, check_transport,
+                                       default_transport)
+from fedgma.tools.processes import free_port, pids_mentioning
 
 pytestmark = pytest.mark.deployment
 
@@ -48,6 +51,78 @@ def deployed_nodes(folder, mnist_dir, count):
 def deployment(tmp_path, mnist_dir):
     with deployed_nodes(tmp_path / "deploy", mnist_dir, 2) as deployed:
         yield deployed
+
+
+def test_up_down_up_in_one_folder_reuses_its_keys_and_fresh_starts_clean(tmp_path, mnist_dir, capsys):
+    """The second `up` in a folder finds its node keys still registered in the SuperLink's saved database (it
+    failed with "Public key already in use"): it reuses them, and the earlier deployment's nodes; `up --fresh`
+    deletes the folder's keys, certificates and database first, so new keys are registered."""
+    folder = tmp_path / "deploy"
+    up = ["up", "--workdir", str(folder), "--nodes", "2", "--data-dir", str(mnist_dir)]
+    try:
+        deploy_main(up)
+        first_key = (folder / "keys" / "node-0.pub").read_bytes()
+        nodes = {node["node-id"] for node in Deployment(folder).online_nodes()}
+        deploy_main(["down", "--workdir", str(folder)])
+        capsys.readouterr()
+        deploy_main(up)
+        printed = capsys.readouterr().out
+        assert printed.count("already registered with this folder's SuperLink (reused)") == 2, printed
+        assert (folder / "keys" / "node-0.pub").read_bytes() == first_key
+        assert {node["node-id"] for node in Deployment(folder).online_nodes()} == nodes
+        deploy_main(["down", "--workdir", str(folder)])
+        deploy_main([*up, "--fresh"])
+        assert "already registered" not in capsys.readouterr().out
+        assert (folder / "keys" / "node-0.pub").read_bytes() != first_key
+        assert len(Deployment(folder).online_nodes()) == 2
+    finally:
+        Deployment(folder).stop()
+
+
+def test_a_failed_up_stops_what_it_started_and_removes_what_it_created(tmp_path, mnist_dir, monkeypatch):
+    """An `up` that fails once its processes run (here: the SuperNodes never come online) stops them, says so
+    without a traceback and leaves only the logs it names."""
+    folder = tmp_path / "deploy"
+
+    def never_online(deployment, count, timeout=90):
+        raise DeploymentError("fewer than 2 SuperNodes online")
+
+    monkeypatch.setattr(Deployment, "wait_for_nodes", never_online)
+    with pytest.raises(SystemExit, match="deploy up failed, stopped what it started and removed what it created"):
+        deploy_main(["up", "--workdir", str(folder), "--data-dir", str(mnist_dir)])
+    assert [path.name for path in folder.iterdir()] == ["logs"]
+    assert sorted(path.name for path in (folder / "logs").iterdir()) == ["node-0.log", "node-1.log", "superlink.log"]
+    assert not pids_mentioning(str(folder))
+
+
+def test_a_supernode_given_a_wrong_port_gives_up_and_names_the_address(tmp_path, mnist_dir):
+    """A SuperNode whose --superlink nothing answers at (and, over gRPC, one given the CLI's HTTPS port: two ports,
+    an easy mistake) used to retry for ever; now it gives up after the deployment's --max-wait-time and
+    wait_for_nodes says which address it tried and what is likely wrong there."""
+    with deployed_nodes(tmp_path / "deploy", mnist_dir, 0) as deployment:
+        deployment.node_wait = 5
+        wrong = {"closed": free_port()} | ({"cli-port": deployment.port} if deployment.transport == "grpc" else {})
+        right = deployment.fleet_port
+        started = time.time()
+        for name, port in wrong.items():
+            deployment.register(name)
+            deployment.fleet_port = port
+            deployment.start_supernode(name, 0, 2, str(mnist_dir))
+        deployment.fleet_port = right
+        with pytest.raises(DeploymentError) as raised:
+            deployment.wait_for_nodes(1)
+        assert time.time() - started < 60, "the SuperNode did not give up within its bound"
+        assert "gave up reaching the SuperLink at 127.0.0.1:" in str(raised.value)
+        deadline = time.time() + 60
+        while any(deployment.alive(name) for name in wrong) and time.time() < deadline:
+            time.sleep(0.5)
+        closed = deployment.exit_reason("closed")
+        assert f"at 127.0.0.1:{wrong['closed']} (its --superlink" in closed, closed
+        assert f"nothing accepts connections at 127.0.0.1:{wrong['closed']}" in closed, closed
+        if "cli-port" in wrong:
+            cli = deployment.exit_reason("cli-port")
+            assert f"{deployment.address} is the SuperLink's HTTP(S) port, for the CLI" in cli, cli
+            assert f"its Fleet API port, {deployment.fleet_address}" in cli, cli
 
 
 def test_the_superlink_serves_supernodes_over_the_installed_flowers_transport(deployment):
@@ -89,25 +164,54 @@ def test_tls_authenticated_deployment_runs_fedgma_and_refuses_unregistered_nodes
     intruder_log = (deployment.logs / "intruder.log").read_text()
     assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]  # refused by the SuperLink
     assert not deployment.alive("intruder") and "Receiving: train message" not in intruder_log
+    assert f"reached the SuperLink at {deployment.fleet_address}, which refused to activate it: its key is not " \
+           "registered there" in deployment.exit_reason("intruder")
 
 
-def run_and_kill(deployment, app_dir, config, node, when):
-    """``flwr run`` against the deployment; kill ``node`` as soon as its log holds ``when`` (a text and how many
-    times it must appear); the run's output once it ends."""
+def run_until(deployment, app_dir, config, ready, then):
+    """``flwr run`` against the deployment; call ``then()`` as soon as ``ready()`` holds; the run's output once it
+    ends."""
     run = subprocess.Popen([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config",
                             run_config_arg(config)], cwd=deployment.workdir, env=deployment.env(deployment.cli_home),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    text, times = when
     try:
         deadline = time.time() + 180
-        while (deployment.logs / f"{node}.log").read_text().count(text) < times:
-            assert time.time() < deadline, f"{node}'s log never showed {text!r} {times} times"
+        while not ready():
+            assert time.time() < deadline, "the run never got where the test acts"
             time.sleep(0.1)
-        deployment.kill(node)
+        then()
         output, _ = run.communicate(timeout=600)
     finally:
         run.kill()
     return output
+
+
+def run_and_kill(deployment, app_dir, config, node, when):
+    """:func:`run_until` ``node``'s log holds ``when`` (a text and how many times it must appear), then kill it."""
+    text, times = when
+    return run_until(deployment, app_dir, config,
+                     lambda: (deployment.logs / f"{node}.log").read_text().count(text) >= times,
+                     lambda: deployment.kill(node))
+
+
+def recorded_rounds(out):
+    """The rounds metrics.json in ``out`` holds so far ([] before it exists)."""
+    try:
+        return [row["round"] for row in json.loads((out / "metrics.json").read_text())["rounds"]]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def test_deploy_down_mid_run_records_a_stop_and_keeps_the_finished_rounds(deployment, mnist_dir, tmp_path):
+    """`deploy down` once round 1 is recorded, so during round 2: SIGTERM reaches the ServerApp, whose
+    metrics.json says it was stopped on purpose (not "failed: SystemExit: 0") and keeps rounds 0 and 1."""
+    out = tmp_path / "out"
+    run_until(deployment, REPO, tiny_run(mnist_dir, out, **{"num-rounds": 3}), lambda: 1 in recorded_rounds(out),
+              lambda: deploy_main(["down", "--workdir", str(deployment.workdir)]))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["status"] == "stopped: by the operator during round 2", report["status"]
+    assert [row["round"] for row in report["rounds"]] == [0, 1]
+    assert not any(deployment.alive(name) for name in deployment.pids)
 
 
 def test_supernode_killed_mid_round_counts_as_failure_and_the_run_finishes(deployment, mnist_dir, tmp_path):

@@ -89,6 +89,25 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_for_exit(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of ``processes`` still running after up to ``timeout`` seconds. A zombie has exited: psutil's
+    ``wait_procs`` waits for one until its parent reaps it, which a parent that is still running (a SuperLink
+    whose SuperExec was stopped first) may never do."""
+    deadline = time.monotonic() + timeout
+    alive = [process for process in processes if _running(process)]
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=0.1)
+        alive = [process for process in alive if _running(process)]
+    return alive
+
+
 def stop(pids: set[int], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL whatever is still alive after ``grace`` seconds."""
     processes = []
@@ -102,13 +121,13 @@ def stop(pids: set[int], grace: float = 5.0) -> None:
             process.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = _wait_for_exit(processes, grace)
     for process in alive:
         try:
             process.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=grace)
+    _wait_for_exit(alive, grace)
 
 
 def stop_trees(roots: set[int]) -> None:

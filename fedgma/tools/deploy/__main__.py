@@ -3,8 +3,12 @@
 One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
 
     python -m fedgma.tools.deploy up --nodes 2 --data-dir /path/to/mnist
-    FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream --run-config "data-dir='/path/to/mnist'"
+    FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream \
+        --run-config "data-dir='/path/to/mnist' min-available-nodes=2 num-rounds=3"
     python -m fedgma.tools.deploy down
+
+A later ``up`` in the same folder reuses its certificates, keys and SuperLink
+database (registered keys, earlier runs); ``up --fresh`` deletes them first.
 
 Several machines: ``certs`` on the SuperLink machine (name its host with --host),
 ``node-key`` on each SuperNode machine, then register each public key with
@@ -17,30 +21,57 @@ import argparse
 from pathlib import Path
 
 from .keys import make_certificates, make_node_key
-from .local import CONNECTION, TRANSPORTS, Deployment, default_transport
+from .local import CONNECTION, LAYOUT, NODE_WAIT_S, TRANSPORTS, Deployment, DeploymentError, default_transport
 
 DEFAULT_WORKDIR = Path("deploy/run")
+#: Rounds of the run `up` prints (and docs/deployment.md shows), a short trial: the app's default is 15.
+EXAMPLE_ROUNDS = 3
+
+
+def run_command(workdir: Path, data_dir: str, nodes: int) -> str:
+    """The ``flwr run`` command line for a deployment in ``workdir``, as `up` prints it."""
+    return (f"FLWR_HOME={workdir / 'flwr-home'} flwr run . {CONNECTION} --stream "
+            f"--run-config \"data-dir='{data_dir}' min-available-nodes={nodes} num-rounds={EXAMPLE_ROUNDS}\"")
+
+
+def _deployment(args: argparse.Namespace) -> Deployment:
+    """The deployment `up` starts: refused while the folder's processes run; cleared first with ``--fresh``."""
+    def read(transport: str | None) -> Deployment:
+        return Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
+                          transport=transport, node_wait=args.node_wait)
+
+    # --fresh ignores the transport meta.json recorded: one of another Flower release must not block the clean-up
+    deployment = read((args.transport or default_transport()) if args.fresh else args.transport)
+    if deployment.pids:
+        raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
+                         f"`python -m fedgma.tools.deploy down --workdir {args.workdir}` first")
+    if not args.fresh:
+        return deployment
+    deployment.remove(LAYOUT)
+    return read(args.transport)
 
 
 def up(args: argparse.Namespace) -> None:
     try:
-        deployment = Deployment(args.workdir, insecure=args.insecure, port=args.port, hosts=args.host,
-                                transport=args.transport)
+        deployment = _deployment(args)
     except ValueError as problem:
         raise SystemExit(str(problem)) from None
-    if deployment.pids:
-        raise SystemExit(f"{args.workdir} already runs processes {deployment.pids}; "
-                         f"`python -m fedgma.tools.deploy down --workdir {args.workdir}` first")
+    before = {entry for entry in LAYOUT if (deployment.workdir / entry).exists()}
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else ""
     try:
         deployment.start_superlink()
         for i in range(args.nodes):
-            if not args.insecure:
-                deployment.register(f"node-{i}")
+            if not args.insecure and not deployment.register(f"node-{i}"):
+                print(f"node-{i}: key already registered with this folder's SuperLink (reused)")
             deployment.start_supernode(f"node-{i}", i, args.nodes, data_dir)
         deployment.wait_for_nodes(args.nodes)
-    except BaseException:
+    except BaseException as problem:
         deployment.stop()
+        # What this `up` created goes; the logs of the processes it started stay, for the message below.
+        deployment.remove(set(LAYOUT) - before - {"logs"})
+        if isinstance(problem, DeploymentError):
+            raise SystemExit(f"deploy up failed, stopped what it started and removed what it created "
+                             f"(logs stay in {deployment.logs}):\n{problem}") from None
         raise
     mode = "insecure (no TLS, no node authentication)" if args.insecure else "TLS + SuperNode authentication"
     fleet = (f"SuperNodes over gRPC at {deployment.fleet_address}" if deployment.transport == "grpc"
@@ -51,8 +82,7 @@ def up(args: argparse.Namespace) -> None:
         print(f"SuperNode node-{i} (partition {i} of {args.nodes}): pid {deployment.pids[f'node-{i}']}, "
               f"log {deployment.logs / f'node-{i}.log'}")
     print(f"\nRun the app (ServerApp output streams here; ClientApp output is in the SuperNode logs):\n"
-          f"  FLWR_HOME={deployment.cli_home} flwr run . {CONNECTION} --stream "
-          f"--run-config \"data-dir='{data_dir}' min-available-nodes={args.nodes}\"\n"
+          f"  {run_command(args.workdir, data_dir, args.nodes)}\n"
           f"Stop everything:\n  python -m fedgma.tools.deploy down --workdir {args.workdir}")
 
 
@@ -74,11 +104,14 @@ def status(args: argparse.Namespace) -> None:
 
 def register(args: argparse.Namespace) -> None:
     deployment = Deployment(args.workdir)
-    deployment.register(args.name)
+    try:
+        done = "Registered" if deployment.register(args.name) else "Already registered:"
+    except DeploymentError as problem:
+        raise SystemExit(str(problem)) from None
     private, _ = deployment.node_key(args.name)
-    print(f"Registered {args.name}. On its machine, with {private} copied there:\n"
+    print(f"{done} {args.name}. On its machine, with {private} copied there:\n"
           f"  flower-supernode --superlink <superlink-host>:{deployment.fleet_port} --root-certificates ca.crt "
-          f"--auth-supernode-private-key {args.name} --port 9094 "
+          f"--auth-supernode-private-key {args.name} --port 9094 --max-wait-time {deployment.node_wait:g} "
           f"--node-config \"partition-id=I num-partitions=N data-dir='/path/to/mnist'\"")
 
 
@@ -96,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default=None,
                    help=f"SuperNode <-> SuperLink: grpc (Flower <= 1.39) or http (1.40+); default here: "
                         f"{default_transport()} (from the installed Flower)")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this folder's earlier deployment first (certificates, keys, SuperLink database "
+                        "with its runs, logs); without it a later up reuses them")
+    p.add_argument("--node-wait", type=float, default=NODE_WAIT_S,
+                   help=f"seconds a SuperNode tries to reach the SuperLink before giving up (flower-supernode "
+                        f"--max-wait-time; default {NODE_WAIT_S:g})")
     p.set_defaults(run=up)
     for name, run, text in (("down", down, "stop everything `up` started"),
                             ("status", status, "list the processes and their logs")):

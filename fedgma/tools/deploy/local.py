@@ -18,6 +18,12 @@ SuperNodes and the SuperLink's Fleet API (:func:`default_transport`):
     flwr-home/    FLWR_HOME of the CLI, with the connection "fedgma-deploy" in config.toml
     state/        each process's own FLWR_HOME (installed app bundles) and the SuperLink's database
     pids.json     the processes this folder started (PID, start time, command line), for ``down``
+    meta.json     the ports, transport and mode, so that a later ``up`` in this folder reuses them
+
+A second ``up`` in the same folder reuses all of it: the same certificates and
+keys, and the SuperLink's database, which still holds the registered node keys
+and the earlier runs. :meth:`Deployment.remove` with :data:`LAYOUT` clears it
+for a fresh start (``up --fresh``).
 
 Processes are started in their own sessions and keep running after ``up``
 returns; ``down`` (or :meth:`Deployment.stop`) stops them, and their children,
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -40,12 +46,24 @@ from packaging.version import Version
 
 from ..local_flower import run_config_arg
 from ..processes import descendants, free_port, identity, is_alive, same_process, stop
+from .diagnose import listens, supernode_exit
 from .keys import make_certificates, make_node_key
 
 BIN = Path(sys.executable).parent
 CONNECTION = "fedgma-deploy"
 TRANSPORTS = ("grpc", "http")
 FIRST_HTTP_ONLY = Version("1.40")  # Flower 1.40 release notes: SuperNodes no longer accept --grpc-rere
+#: What ``up`` writes into a work folder (the module docstring says what each holds).
+LAYOUT = ("ca", "certs", "keys", "logs", "flwr-home", "state", "pids.json", "meta.json")
+#: Seconds a SuperNode tries to reach its SuperLink before giving up (its ``--max-wait-time``, per request):
+#: long enough for a SuperLink restart, short enough that a wrong address shows within a minute.
+NODE_WAIT_S = 60.0
+#: What ``flwr supernode register`` says of a key the SuperLink's database already holds (Flower 1.39 to 1.42).
+ALREADY_REGISTERED = "Public key already in use"
+
+
+class DeploymentError(RuntimeError):
+    """A part of the deployment did not start or work; the message says which and what is likely wrong."""
 
 
 def flower_version() -> Version:
@@ -74,33 +92,33 @@ def check_transport(transport: str) -> str:
     return transport
 
 
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 class Deployment:
     """SuperLink + SuperNodes under ``workdir``; see the module docstring for the layout."""
 
     def __init__(self, workdir: Path, insecure: bool = False, port: int | None = None,
-                 hosts: list[str] | None = None, transport: str | None = None) -> None:
+                 hosts: list[str] | None = None, transport: str | None = None,
+                 node_wait: float = NODE_WAIT_S) -> None:
+        """Reads what the folder holds; writes nothing until a process starts (a refused transport leaves no
+        trace)."""
         self.workdir = Path(workdir).resolve()
         self.insecure = insecure
         self.hosts = hosts or []
+        self.node_wait = node_wait
         self.certs, self.keys, self.logs = self.workdir / "certs", self.workdir / "keys", self.workdir / "logs"
         self.ca = self.workdir / "ca"  # the CA's private key, apart from what the SuperLink reads
         self.cli_home, self.state = self.workdir / "flwr-home", self.workdir / "state"
         self.pid_file = self.workdir / "pids.json"
-        for folder in (self.logs, self.cli_home, self.state):
-            folder.mkdir(parents=True, exist_ok=True)
         self.identities, self.stale = self._read_pids()
         self.pids: dict[str, int] = {name: int(entry["pid"]) for name, entry in self.identities.items()}
         meta = self._read_meta()
         self.port = port or int(meta.get("port", 0)) or free_port()
-        self.transport = check_transport(transport or meta.get("transport") or default_transport())
+        try:
+            self.transport = check_transport(transport or meta.get("transport") or default_transport())
+        except ValueError as problem:
+            if transport or not meta.get("transport"):
+                raise
+            raise ValueError(f"{self.workdir} holds a deployment over {meta['transport']} (its meta.json), made "
+                             f"with another Flower release: `deploy up --fresh` starts clean. {problem}") from None
         self.fleet_port = int(meta.get("fleet-port", 0)) or (free_port() if self.transport == "grpc" else self.port)
 
     # --- processes --------------------------------------------------------------
@@ -112,6 +130,7 @@ class Deployment:
     def _spawn(self, name: str, command: list[str]) -> int:
         home = self.state / name
         home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(command, cwd=home, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -137,6 +156,7 @@ class Deployment:
 
     def _save(self) -> None:
         self.identities = {name: self.identities[name] for name in self.pids if name in self.identities}
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(json.dumps(self.identities, indent=2))
         (self.workdir / "meta.json").write_text(json.dumps({"port": self.port, "insecure": self.insecure,
                                                             "transport": self.transport,
@@ -157,13 +177,34 @@ class Deployment:
         self._save()
 
     def stop(self) -> None:
-        """Stop every process this work folder started, and their children, by PID."""
-        pids = set(self.pids.values())
-        for pid in list(pids):
-            pids |= descendants(pid)
-        stop(pids)
+        """Stop every process this work folder started, and their children, by PID: first everything but the
+        SuperLink itself (the SuperNodes, and the SuperLink's children: SuperExec, ServerApp), then the SuperLink.
+        A SuperNode that stops deactivates itself at the SuperLink; one that outlives it stays "online" in the
+        SuperLink's saved database for up to a minute (two 30 s heartbeats), and the SuperLink (Flower 1.39 to
+        1.42) refuses to activate an online node again: the next `up` in this folder could fail (it did under
+        1.39)."""
+        superlink = self.pids.get("superlink")
+        first = {pid for name, pid in self.pids.items() if name != "superlink"}
+        for pid in {*first, *([superlink] if superlink else [])}:
+            first |= descendants(pid)
+        stop(first)
+        if superlink:
+            stop({superlink} | descendants(superlink))
         self.pids.clear()
-        self._save()
+        if self.workdir.exists():  # `down` in a folder that never held a deployment leaves none
+            self._save()
+
+    def remove(self, entries: tuple[str, ...] | set[str]) -> None:
+        """Delete these entries of :data:`LAYOUT` from the work folder (only those: the folder may hold other
+        files of the user's), and the folder itself if that leaves it empty."""
+        for entry in set(entries) & set(LAYOUT):
+            path = self.workdir / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        if self.workdir.is_dir() and not any(self.workdir.iterdir()):
+            self.workdir.rmdir()
 
     # --- the parts ------------------------------------------------------------------
     @property
@@ -192,9 +233,9 @@ class Deployment:
         self._spawn("superlink", command)
         self.write_connection()
         deadline = time.time() + wait
-        while not all(_accepts_connections(port) for port in {self.port, self.fleet_port}):
+        while not all(listens(f"127.0.0.1:{port}") for port in {self.port, self.fleet_port}):
             if not self.alive("superlink") or time.time() > deadline:
-                raise RuntimeError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
+                raise DeploymentError(f"SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
 
     def write_connection(self) -> None:
@@ -202,20 +243,28 @@ class Deployment:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
                  f'address = "{self.address}"']
         lines.append("insecure = true" if self.insecure else f'root-certificates = "{self.certs / "ca.crt"}"')
+        self.cli_home.mkdir(parents=True, exist_ok=True)
         (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def node_key(self, name: str) -> tuple[Path, Path]:
         private = self.keys / name
         return (private, private.with_name(f"{name}.pub")) if private.exists() else make_node_key(self.keys, name)
 
-    def register(self, name: str) -> None:
-        """Register SuperNode ``name``'s public key with the SuperLink (``flwr supernode register``)."""
-        self.cli(["supernode", "register", str(self.node_key(name)[1]), CONNECTION, "--name", name])
+    def register(self, name: str) -> bool:
+        """Register SuperNode ``name``'s public key with the SuperLink (``flwr supernode register``); False, and
+        nothing done, when the SuperLink's database holds that key already (an earlier ``up`` in this folder)."""
+        args = ["supernode", "register", str(self.node_key(name)[1]), CONNECTION, "--name", name]
+        done = self.cli(args, check=False)
+        if done.returncode == 0:
+            return True
+        if ALREADY_REGISTERED in done.stdout + done.stderr:
+            return False
+        raise DeploymentError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
     def start_supernode(self, name: str, partition_id: int, num_partitions: int, data_dir: str) -> int:
         node_config = f"partition-id={partition_id} num-partitions={num_partitions} data-dir='{data_dir}'"
         command = [str(BIN / "flower-supernode"), "--superlink", self.fleet_address, "--host", "127.0.0.1",
-                   "--port", str(free_port()), "--node-config", node_config]
+                   "--port", str(free_port()), "--node-config", node_config, "--max-wait-time", f"{self.node_wait:g}"]
         if self.insecure:
             command.append("--insecure")
         else:
@@ -228,18 +277,32 @@ class Deployment:
         return [node for node in listing.get("nodes", []) if node.get("status") == "online"]
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        """Until ``count`` SuperNodes are online; DeploymentError as soon as a SuperNode this folder started has
+        exited (saying where it dialled and what is likely wrong there), or after ``timeout`` seconds."""
         deadline = time.time() + timeout
-        while len(self.online_nodes()) < count:
+        while True:
+            for name in self.pids:
+                if name != "superlink" and not self.alive(name):
+                    raise DeploymentError(self.exit_reason(name))
+            if len(self.online_nodes()) >= count:
+                return
             if time.time() > deadline:
-                raise RuntimeError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
+                raise DeploymentError(f"fewer than {count} SuperNodes online after {timeout} s; see {self.logs}")
             time.sleep(1)
+
+    def exit_reason(self, name: str) -> str:
+        """Why SuperNode ``name`` exited: the address of its ``--superlink``, what answers there, its log's end."""
+        command = self.identities.get(name, {}).get("command", [])
+        dialled = command[command.index("--superlink") + 1] if "--superlink" in command[:-1] else self.fleet_address
+        return supernode_exit(name, dialled, self.logs / f"{name}.log",
+                              transport=self.transport, fleet_address=self.fleet_address, cli_address=self.address)
 
     # --- the CLI --------------------------------------------------------------------
     def cli(self, args: list[str], check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "flwr"), *args], cwd=self.workdir, env=self.env(self.cli_home),
                               capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+            raise DeploymentError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 
     def run_app(self, app_dir: Path, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
