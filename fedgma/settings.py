@@ -51,6 +51,10 @@ class Settings:
                                   "it, a fresh run into a folder that holds a metrics.json stops before round 1).")
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
                                "not redone; a larger num-rounds extends a completed run).")
+    tracking: str = _opt("none", "Also log every round, the resolved run config and the final model to these tools, "
+                                 "comma-separated: 'tensorboard' (event files), 'wandb' (Weights & Biases, offline "
+                                 "mode), 'mlflow' (a local SQLite store), each under 'output-dir'; 'none' = files "
+                                 "only. Needs the tracking extras (pip install -e '.[tracking]').")
     # --- data ---------------------------------------------------------------
     task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e), "
                                "'multiclass' colored MNIST (10 classes, class-specific colours) or 'irm': IRM's "
@@ -211,6 +215,7 @@ class Settings:
             raise ConfigError("Run-config key 'preprocessing' = 'seed-repo' needs task='binary' (the seed "
                               "repository has only the binary task).")
         environment_flips(settings.environments)  # raises ConfigError naming the key
+        tracking_tools(settings.tracking)  # the same
         if settings.fedgma_control != "none" and settings.strategy != "fedgma":
             raise ConfigError(f"Run-config key 'fedgma-control' = {settings.fedgma_control!r} needs "
                               "strategy='fedgma' (it replaces FedGMA's mask).")
@@ -274,6 +279,24 @@ def environment_flips(environments: str) -> tuple[float, ...]:
         raise ConfigError(f"Run-config key 'environments' is {environments!r}; it must be comma-separated colour "
                           "flip probabilities in [0, 1], e.g. '0.1,0.2'.")
     return flips
+
+
+#: The tools the run-config key 'tracking' may name (fedgma/tracking.py logs to them).
+TRACKING_TOOLS = ("tensorboard", "wandb", "mlflow")
+
+
+def tracking_tools(tracking: str) -> tuple[str, ...]:
+    """The run-config key 'tracking' ("tensorboard,mlflow", or "none") as the tools it names, checked."""
+    if tracking.strip() == "none":
+        return ()
+    tools = [part.strip() for part in tracking.split(",")]
+    for tool in tools:
+        if tool not in TRACKING_TOOLS:
+            close = difflib.get_close_matches(tool, TRACKING_TOOLS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"Run-config key 'tracking' names {tool!r}{hint}; it must be 'none' or a "
+                              f"comma-separated list of {', '.join(TRACKING_TOOLS)}.")
+    return tuple(dict.fromkeys(tools))
 
 
 #: Today's default of every key: what a run made before a key existed ran with (the

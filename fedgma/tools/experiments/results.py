@@ -30,7 +30,7 @@ from .labels import configuration_label, inert_keys, short_value
 from .statistics import paired_comparison
 
 #: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
-NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite")
+NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite", "tracking")
 THRESHOLDS = (0.6, 0.7)
 LAST_ROUNDS = 5  # the "OOD acc, last 5 rounds" column: mean over the last rounds of each run
 IS_BASELINE = "(itself)"  # the ``baseline`` column of a group that is its own baseline
