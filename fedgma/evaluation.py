@@ -71,7 +71,7 @@ class CentralEvaluation:
             saved = f" | checkpoint {size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s"
         log(INFO, "[round %d/%d] OOD acc %.4f | ID acc %.4f | train loss %s | mask density %s | "
                   "replies %s ok, %s failed, %s rejected | %.1f s%s", server_round,
-            self.settings.num_rounds, row["ood-accuracy"], row["id-accuracy"], _fmt(row.get("train-loss")),
+            self.settings.num_server_rounds, row["ood-accuracy"], row["id-accuracy"], _fmt(row.get("train-loss")),
             _fmt(row.get("mask-density")), row.get("replies-accepted", "-"), row.get("replies-failed", "-"),
             row.get("replies-rejected", "-"), seconds, saved)
         return MetricRecord(metrics)

@@ -58,7 +58,7 @@ def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
                           "'output-dir'.") from problem
     model.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in checkpoint.arrays.items()})
     log(INFO, "Resumed from the checkpoint of round %d in %s; rounds %d to %d remain.", checkpoint.round, folder,
-        checkpoint.round + 1, settings.num_rounds)
+        checkpoint.round + 1, settings.num_server_rounds)
     recorder = RunRecorder(folder, settings, rows=checkpoint.rows, report=checkpoint.report)
     return recorder, ArrayRecord(model.state_dict()), strategy
 
@@ -96,12 +96,12 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_clients(grid, settings.min_available_nodes, settings.round_timeout)
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
-        " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)
+        " + GMA" if settings.gma else "", settings.num_server_rounds, recorder.folder)
     model = prepare_model(build_model(settings.task), device)
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=strategy.state,
                                         round_offset=strategy.round_offset)
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_server_rounds - strategy.round_offset,
                        timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
     except BaseException as problem:
         recorder.set_status(f"failed: {type(problem).__name__}: {problem}")

@@ -31,7 +31,7 @@ from fedgma.training import to_input
 # --- grids as data --------------------------------------------------------------------------------
 def test_grid_expands_vary_in_order_with_seed_last_in_names(tmp_path):
     grid_file = tmp_path / "g.toml"
-    grid_file.write_text('supernodes = 4\n[config]\nnum-rounds = 2\n[vary]\nseed = [0, 1]\n'
+    grid_file.write_text('supernodes = 4\n[config]\nnum-server-rounds = 2\n[vary]\nseed = [0, 1]\n'
                          'strategy = ["fedavg", "fedgma"]\n[[variants]]\nname = "plain"\n[[variants]]\n'
                          'name = "p05"\np = 0.5\n')
     grid = load_grid(str(grid_file))
@@ -40,7 +40,7 @@ def test_grid_expands_vary_in_order_with_seed_last_in_names(tmp_path):
                                                "variant=plain__strategy=fedgma__seed=0",
                                                "variant=p05__strategy=fedgma__seed=0"]
     assert len(grid.runs) == 8 and all(r.supernodes == 4 for r in grid.runs)
-    assert grid.runs[1].config == {"num-rounds": 2, "p": 0.5, "seed": 0, "strategy": "fedavg"}
+    assert grid.runs[1].config == {"num-server-rounds": 2, "p": 0.5, "seed": 0, "strategy": "fedavg"}
     assert grid.runs[1].group == "variant=p05__strategy=fedavg"
 
 
@@ -63,22 +63,23 @@ def test_committed_grids_are_valid():
 
 
 # --- tables and plots from output folders -----------------------------------------------------------
-def fake_run(folder, seed, ood, density=None, **config):
+def fake_run(folder, seed, ood, density=None, rounds_key="num-server-rounds", **config):
     rows = [{"round": r, "ood-accuracy": acc, "id-accuracy": 0.8, **({"mask-density": density,
             "mean-agreement": 0.5, "mask-density/w": density} if density is not None and r else {})}
             for r, acc in enumerate(ood)]
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
-        "status": "completed", "config": {"seed": seed, "num-rounds": len(ood) - 1, "output-dir": str(folder),
-                                          **config},
+        "status": "completed", "config": {"seed": seed, rounds_key: len(ood) - 1, "output-dir": str(folder), **config},
         "num-clients": 10, "wall-seconds": 120.0, "rounds": rows}))
     (folder / "metrics.csv").write_text("round,ood-accuracy\n")
 
 
 def test_table_and_plots_from_output_folders(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "a0", 0, [0.5, 0.55, 0.65, 0.72], strategy="fedavg")
-    # a1 records a key that a0 (an older release) did not have, at its default: still one configuration
-    fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg", **{"min-accepted-fraction": 0.0})
+    # a1 records a key that a0 (an older release) did not have, at its default, and the round count under its old
+    # name (as the committed results do): still one configuration
+    fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg", rounds_key="num-rounds",
+             **{"min-accepted-fraction": 0.0})
     fake_run(tmp_path / "runs" / "b0", 0, [0.5, 0.4, 0.5, 0.59], density=0.25, strategy="fedgma")
     (tmp_path / "runs" / "unfinished").mkdir()
     (tmp_path / "runs" / "unfinished" / "metrics.json").write_text(json.dumps(
@@ -153,7 +154,7 @@ def test_dp_settings_of_a_run_without_dp_neither_name_nor_separate_it(tmp_path):
 def test_config_command_joins_a_file_and_overrides(capsys):
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "output-dir=/tmp/x", "resume=true"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert "num-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
+    assert "num-server-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "lr=abc"]) == 2
 
 
@@ -191,7 +192,7 @@ class FailingOnceFlower(RecordingFlower):
 
 def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, capsys):
     grid_file = tmp_path / "g.toml"
-    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\n[vary]\nseed = [0]\n')
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0]\n')
     flower = FailingOnceFlower()
     outcomes = run_grid(load_grid(str(grid_file)), tmp_path / "r", flower=flower)
     assert [o.status for o in outcomes] == ["completed"] and flower.resumed == [False, True]
@@ -206,9 +207,9 @@ def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, caps
 
 def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, capsys):
     grid_file = tmp_path / "b.toml"
-    grid_file.write_text('supernodes = 10\n[config]\nnum-rounds = 3\n[vary]\nseed = [0, 1]\n')
+    grid_file.write_text('supernodes = 10\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0, 1]\n')
     results = tmp_path / "results"
-    stored = Settings.from_run_config({"num-rounds": 3}).to_run_config()
+    stored = Settings.from_run_config({"num-server-rounds": 3}).to_run_config()
     del stored["seed"]
     fake_run(results / "a" / "strategy=fedgma__seed=0", 0, [0.5, 0.6, 0.7, 0.8], **stored)
     fake_run(results / "a" / "p=0.5__seed=1", 1, [0.5, 0.6, 0.7, 0.8], **(stored | {"p": 0.5}))
@@ -242,7 +243,7 @@ def test_run_command_queues_grids_in_order_and_checks_them_all_first(tmp_path, m
 @pytest.mark.simulation
 def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mnist_dir, capsys):
     grid_file = tmp_path / "tiny.toml"
-    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\nmax-client-examples = 300\n'
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\nmax-client-examples = 300\n'
                          'max-test-examples = 200\nmin-available-nodes = 3\n[vary]\nseed = [0, 1]\n')
     grid, results = load_grid(str(grid_file)), tmp_path / "results"
     first, second = (results / "tiny" / run.name for run in grid.runs)

@@ -12,7 +12,7 @@ TUNE = """
 description = "tiny tuning grid"
 supernodes = 2
 [config]
-num-rounds = 10
+num-server-rounds = 10
 [vary]
 seed = [0, 1]
 [[variants]]

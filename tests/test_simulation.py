@@ -28,7 +28,7 @@ def flower(tmp_path_factory):
 
 def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
     out = tmp_path / "out"
-    done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 150,
+    done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-server-rounds": 2, "max-client-examples": 150,
                              "max-test-examples": 300, "fraction-evaluate": 1.0, "output-dir": str(out),
                              "train-validation-examples": 200, "test-validation-examples": 100,
                              "tracking": "tensorboard,wandb,mlflow"}, 3)
@@ -37,7 +37,7 @@ def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
 
     report = json.loads((out / "metrics.json").read_text())
     assert report["status"] == "completed"
-    assert report["config"]["strategy"] == "fedgma" and report["config"]["num-rounds"] == 2
+    assert report["config"]["strategy"] == "fedgma" and report["config"]["num-server-rounds"] == 2
     assert report["versions"]["flwr"].startswith("1.")
     assert report["machine"]["cores"] >= 1 and report["machine"]["vector-unit"]  # wall times are read with it
     rounds = report["rounds"]

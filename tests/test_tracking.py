@@ -29,7 +29,8 @@ def rows(rounds: int) -> list[dict]:
 
 
 def recorded_run(folder, tracking: str = ALL, rounds: int = 2, **keys) -> RunRecorder:
-    recorder = RunRecorder(folder, Settings.from_run_config({"tracking": tracking, "num-rounds": rounds, **keys}))
+    settings = Settings.from_run_config({"tracking": tracking, "num-server-rounds": rounds, **keys})
+    recorder = RunRecorder(folder, settings)
     for row in rows(rounds):
         recorder.record_round(row)
     return recorder
@@ -50,7 +51,7 @@ def test_a_short_run_reaches_every_tool_and_reads_back(tmp_path, tracking_home):
     assert run.info.status == "FINISHED" and run.info.run_id == recorder.report["tracking"]["mlflow-run-id"]
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "ood-accuracy")}
     assert history == pytest.approx(expected)
-    assert run.data.params["num-rounds"] == "2" and run.data.params["tracking"] == ALL  # the resolved config
+    assert run.data.params["num-server-rounds"] == "2" and run.data.params["tracking"] == ALL  # the resolved config
     assert run.data.params["strategy"] == "fedgma"
     artifacts = {a.path: a for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "run-config.json"} <= set(artifacts)
@@ -62,7 +63,7 @@ def test_a_short_run_reaches_every_tool_and_reads_back(tmp_path, tracking_home):
     assert {step: item["ood-accuracy"] for step, item in history.items()} == pytest.approx(expected)
     assert history[2]["train-loss"] == pytest.approx(0.5) and history[2]["mask-density"] == pytest.approx(0.5)
     (start,) = [r["run"] for r in records if r["type"] == "run"]
-    assert start["config"]["update"]["num-rounds"] == 2 and start["project"] == "fedgma"
+    assert start["config"]["update"]["num-server-rounds"] == 2 and start["project"] == "fedgma"
     assert start["run_id"] == recorder.report["tracking"]["wandb-run-id"]
     (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact"]
     assert artifact["type"] == "model" and [c["path"] for c in artifact["manifest"]["contents"]] == ["model.pt"]
@@ -77,8 +78,8 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_failed_one_says_so(tmp_pat
     _, run = mlflow_run(folder / "mlflow")
     assert run.info.status == "FAILED"
 
-    resumed = RunRecorder(folder, Settings.from_run_config({"tracking": "mlflow", "num-rounds": 3}), rows=first.rows,
-                          report=first.summary())
+    settings = Settings.from_run_config({"tracking": "mlflow", "num-server-rounds": 3})
+    resumed = RunRecorder(folder, settings, rows=first.rows, report=first.summary())
     resumed.record_round(rows(3)[-1])
     resumed.finish(build_model("binary").state_dict())
     client, run = mlflow_run(folder / "mlflow")  # still one run

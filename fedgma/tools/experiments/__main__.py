@@ -38,7 +38,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{name}: " + (grid.pending if grid.pending else f"{len(grid.runs)} runs") + f"; {grid.description}")
         if args.grid:
             for run in grid.runs:
-                state = run_state(args.results / name / run.name, int(run.config.get("num-rounds", 15)))
+                state = run_state(args.results / name / run.name, int(run.config.get("num-server-rounds", 15)))
                 print(f"  {state:<12} {run.name}")
     return 0
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgma.settings import DEFAULT_RUN_CONFIG
+from fedgma.settings import DEFAULT_RUN_CONFIG, current_keys
 from .labels import configuration_label, inert_keys, short_value
 from .statistics import paired_comparison
 
@@ -44,8 +44,8 @@ class RunResult:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run's configuration, keys it does not record filled with today's defaults."""
-        return DEFAULT_RUN_CONFIG | self.report["config"]
+        """The run's configuration under today's key names, keys it does not record filled with today's defaults."""
+        return DEFAULT_RUN_CONFIG | current_keys(self.report["config"])
 
     @property
     def rounds(self) -> list[dict[str, Any]]:

@@ -97,7 +97,7 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
     try:
         for index, run in enumerate(runs, 1):
             folder = results / grid.name / run.name
-            num_rounds = int(run.config.get("num-rounds", 15))
+            num_rounds = int(run.config.get("num-server-rounds", 15))
             state = run_state(folder, num_rounds)
             tag = f"[run {index}/{len(runs)} {run.name}]"
             if state == COMPLETED:
