@@ -41,7 +41,7 @@ from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings, current_keys
 CHECKPOINT = "checkpoint.npz"
 OLD_CHECKPOINT = "checkpoint.pt"
 #: Keys a resumed run may change: where it reads and writes, whether it resumes, how many rounds it has.
-MAY_CHANGE_ON_RESUME = ("num-server-rounds", "resume", "output-dir", "data-dir", "overwrite", "tracking")
+MAY_CHANGE_ON_RESUME = ("num-server-rounds", "resume", "output-dir", "data-dir", "overwrite", "tracking", "verbose")
 _MANIFEST, _MANIFEST_HASH = "manifest", "manifest-sha256"
 
 

@@ -8,8 +8,8 @@ progress line, persists the round and replaces the checkpoint.
 
 A resumed run calls ``Strategy.start`` for the remaining rounds only; the
 strategy's ``round_offset`` maps Flower's round numbers (which start at 1 again,
-so Flower's own "[ROUND k/N]" lines count the rounds of this invocation) to the
-run's, which this app's "[round t/T]" lines show.
+so Flower's own "[ROUND k/N]" lines, shown with ``verbose=true``, count the rounds
+of this invocation) to the run's, which this app's "[round t/T]" lines show.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgma.strategies import ReplyGuard
 
+from .console import quiet_flower_rounds
 from .checkpoint import CHECKPOINT, check_model_arrays, check_resumable, load_checkpoint, set_random_states
 from .evaluation import CentralEvaluation
 from .model import build_model
@@ -101,8 +102,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=strategy.state,
                                         round_offset=strategy.round_offset)
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_server_rounds - strategy.round_offset,
-                       timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
+        with quiet_flower_rounds(settings.verbose):
+            strategy.start(grid=grid, initial_arrays=initial,
+                           num_rounds=settings.num_server_rounds - strategy.round_offset,
+                           timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
     except BaseException as problem:
         recorder.set_status(f"failed: {type(problem).__name__}: {problem}")
         raise

@@ -52,6 +52,9 @@ class Settings:
                                   "it, a fresh run into a folder that holds a metrics.json stops before round 1).")
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
                                "not redone; a larger num-server-rounds extends a completed run).")
+    verbose: bool = _opt(False, "Also print Flower's own lines of every round (banner, sampling, reply counts, "
+                                "aggregated MetricRecords) and its 'Final results' dump; without it the console "
+                                "shows the app's one line per round (Message-API app).")
     tracking: str = _opt("none", "Also log every round, the resolved run config and the final model to these tools, "
                                  "comma-separated: 'tensorboard' (event files), 'wandb' (Weights & Biases, offline "
                                  "mode), 'mlflow' (a local SQLite store), each under 'output-dir'; 'none' = files "

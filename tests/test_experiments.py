@@ -320,3 +320,12 @@ def test_labels_name_the_method_and_only_its_own_knobs():
     assert label(strategy="fedavgm", **{"server-momentum": 0.0, "server-momentum-lr": 2.0}) == "FedAvg (server lr 2)"
     assert configuration_label(DEFAULT_RUN_CONFIG | {"strategy": "fedavg", "partitioner": "iid"},
                                ["strategy", "partitioner"]) == "FedAvg, partitioner iid"
+
+
+def test_runner_says_runs_done_of_the_total_and_the_time_left(tmp_path, capsys):
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0, 1]\n')
+    run_grid(load_grid(str(grid_file)), tmp_path / "r", flower=FailingOnceFlower())
+    lines = [line for line in capsys.readouterr().out.splitlines() if "runs done" in line]
+    assert len(lines) == 2 and "completed in" in lines[0]
+    assert "1 of 2 runs done, 0:00:00 left at this pace" in lines[0] and "2 of 2 runs done, 0:00:00 left" in lines[1]

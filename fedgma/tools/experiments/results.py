@@ -29,8 +29,9 @@ from fedgma.settings import DEFAULT_RUN_CONFIG, current_keys
 from .labels import configuration_label, inert_keys, short_value
 from .statistics import paired_comparison
 
-#: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
-NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite", "tracking")
+#: Keys that say where a run reads and writes, which seed it drew, or what it prints and logs to: not part
+#: of its configuration.
+NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite", "tracking", "verbose")
 THRESHOLDS = (0.6, 0.7)
 LAST_ROUNDS = 5  # the "OOD acc, last 5 rounds" column: mean over the last rounds of each run
 IS_BASELINE = "(itself)"  # the ``baseline`` column of a group that is its own baseline
