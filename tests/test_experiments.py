@@ -19,7 +19,6 @@ from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.tools.experiments.__main__ import main
 from fedgma.tools.experiments.grid import available_grids, load_grid
-from fedgma.tools.experiments.plots import COLOURS, line_style
 from fedgma.tools.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.tools.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.tools.local_flower import LocalFlower
@@ -117,11 +116,6 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert main(["table", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 1
 
-
-def test_every_configuration_of_a_large_grid_gets_its_own_line_style():
-    styles = [tuple(line_style(i).values()) for i in range(28)]
-    assert len(set(styles)) == 28  # data-splits draws 18 lines; the colour-blind-safe palette has 7 colours
-    assert all(style["color"] in COLOURS for style in map(line_style, range(28)))
 
 
 def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsys):

@@ -106,9 +106,10 @@ def _pilots(args: argparse.Namespace) -> int:
 
 
 def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
-                  baseline: dict | None = None, pool: Path | None = None) -> int:
+                  baseline: dict | None = None, pool: Path | None = None, plot_title: str | None = None) -> int:
     """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
-    (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
+    (``results/``), baselines may also come from its other runs (other grids); every file is read once.
+    ``plot_title`` names the runs in the figures' one-line titles (default ``title``)."""
     groups, rows = _summary(folders, baseline, pool)
     if not groups:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
@@ -128,7 +129,7 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
         written += [out / "summary.md", out / "summary.csv"]
         print(to_markdown(rows))
     if plots:
-        written += plot_all(groups, out, title)
+        written += plot_all(groups, out, title if plot_title is None else plot_title)
     print(f"{len(runs)} runs in {len(groups)} configurations -> {out}: " + ", ".join(p.name for p in written))
     return 0
 
@@ -204,7 +205,7 @@ def _report(args: argparse.Namespace) -> int:
     if grid.selected or grid.pending:
         return _report_selected(grid, args)
     return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description,
-                         baseline=grid.baseline, pool=args.results)
+                         baseline=grid.baseline, pool=args.results, plot_title=f"grid {grid.name}")
 
 
 def main(argv: list[str] | None = None) -> int:

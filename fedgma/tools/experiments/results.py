@@ -65,6 +65,12 @@ class RunResult:
 class Group:
     label: str
     runs: list[RunResult]
+    differing: tuple[str, ...] = ()  # the keys in which the groups it was formed with differ
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration the group's runs share (but the seed and paths)."""
+        return self.runs[0].config
 
 
 def load_runs(paths: list[Path], completed_only: bool = True) -> list[RunResult]:
@@ -96,7 +102,8 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
     configs = [members[0].config for members in groups.values()]
     differing = [key for key in configs[0] if key not in NOT_CONFIGURATION
                  and len({json.dumps(c.get(key)) for c in configs}) > 1] if configs else []
-    return [Group(configuration_label(members[0].config, differing), members) for members in groups.values()]
+    return [Group(configuration_label(members[0].config, differing), members, tuple(differing))
+            for members in groups.values()]
 
 
 def rounds_to_reach(run: RunResult, threshold: float, key: str = "ood-accuracy") -> int | None:
