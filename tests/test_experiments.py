@@ -20,6 +20,7 @@ from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.tools.experiments.__main__ import main
 from fedgma.tools.experiments.grid import available_grids, load_grid
 from fedgma.tools.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
+from fedgma.tools.experiments.statistics import paired_comparison
 from fedgma.tools.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.tools.local_flower import LocalFlower
 from fedgma.checkpoint import CHECKPOINT
@@ -323,3 +324,32 @@ def test_runner_says_runs_done_of_the_total_and_the_time_left(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "runs done" in line]
     assert len(lines) == 2 and "completed in" in lines[0]
     assert "1 of 2 runs done, 0:00:00 left at this pace" in lines[0] and "2 of 2 runs done, 0:00:00 left" in lines[1]
+
+
+def test_compare_pairs_by_seed_against_plain_fedavg(tmp_path, capsys):
+    """`compare FOLDERS` (baseline fedavg): per setting, each method minus FedAvg of the same seed, with CI and p;
+    'best' never counts round 0 (here the untrained model's 0.9)."""
+    for seed, (base, masked) in enumerate([(0.60, 0.65), (0.62, 0.66), (0.58, 0.64)]):
+        fake_run(tmp_path / "runs" / f"avg{seed}", seed, [0.9, 0.5, base], strategy="fedavg")
+        fake_run(tmp_path / "runs" / f"gma{seed}", seed, [0.9, 0.55, masked], density=0.5, strategy="fedavg", gma=True)
+    fake_run(tmp_path / "runs" / "iid", 0, [0.9, 0.5, 0.7], strategy="fedgma", partitioner="iid")  # no FedAvg there
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    gma = next(line for line in table.splitlines() if line.startswith("| GMA"))
+    difference = paired_comparison({0: 0.65, 1: 0.66, 2: 0.64}, {0: 0.60, 1: 0.62, 2: 0.58})
+    shown = f"{difference.mean:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] | {difference.p_value:.3g}"
+    assert f"| 3 | {shown} |" in gma
+    assert "| 0.6500 | 0.6500 | FedAvg, partitioner pathological |" in gma  # best of rounds 1+, not round 0's 0.9
+    assert "| no run with the same setting | 0 | - |" in table
+    assert "warning: no FedAvg run with the setting of 'FedGMA" in capsys.readouterr().err
+    png = (tmp_path / "cmp" / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # two FedAvg configurations in one setting: say so, and how to name one
+    fake_run(tmp_path / "two" / "a", 0, [0.5, 0.6], strategy="fedavgm", **{"server-momentum": 0.0})
+    fake_run(tmp_path / "two" / "b", 0, [0.5, 0.6], strategy="fedavgm", **{"server-momentum": 0.0,
+                                                                            "server-momentum-lr": 2.0})
+    fake_run(tmp_path / "two" / "c", 0, [0.5, 0.7], strategy="fedgma")
+    assert main(["compare", str(tmp_path / "two"), "--out", str(tmp_path / "x")]) == 2
+    assert "name one with KEY=VALUE" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--baseline", "fedavg",
+                 "server-momentum-lr=2.0"]) == 0
