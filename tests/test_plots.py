@@ -4,15 +4,17 @@ fedgma/tools/experiments/plots.py, and a figure that breaks one is refused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.figure
 import pytest
 from conftest import REPO
 
 from fedgma.tools.experiments.grid import available_grids, load_grid
+from fedgma.tools.experiments.headline import runs_by_group, selected_groups, task_rows
 from fedgma.tools.experiments.labels import method_family
 from fedgma.tools.experiments.plots import (FAMILIES, MAX_LINES, PALETTE, FigureRuleError, _pyplot, check_figure,
-                                            family_colour, plot_all)
+                                            family_colour, plot_all, plot_metric_panels)
 from fedgma.tools.experiments.results import group_runs, load_runs
 
 RESULTS = REPO / "results"
@@ -101,15 +103,21 @@ def test_a_figure_that_breaks_a_rule_is_refused(broken, rule):
 
 def test_every_committed_grid_draws_figures_that_keep_the_rules(figures):
     """The same figures as `python -m fedgma.tools.experiments report GRID` (each is checked before it is
-    saved); the methods of all of them keep one colour each."""
+    saved), the headline grids' included; the methods of all of them keep one colour each."""
     colours: dict[str, set[str]] = {}
     for name in available_grids():
         grid = load_grid(name, RESULTS)
         runs = load_runs([RESULTS / name]) if (RESULTS / name).exists() else []
-        if not runs or grid.selected:
+        if not runs:
             continue
-        plot_all(group_runs(runs), RESULTS.parent / "unused", f"grid {name}")
-        for group in group_runs(runs):
+        if grid.selected:  # the headline figure of `report GRID`
+            groups = runs_by_group(grid, RESULTS)
+            drawn = selected_groups(task_rows(name, grid, groups), groups)
+            assert plot_metric_panels(drawn, [("ood-accuracy", "OOD"), ("mask-density", "mask")], Path("unused"), name)
+        else:
+            drawn = group_runs(runs)
+            plot_all(drawn, RESULTS.parent / "unused", f"grid {name}")
+        for group in drawn:
             colours.setdefault(method_family(group.config), set()).add(family_colour(method_family(group.config)))
     assert len(figures) > 30
     assert all(len(c) == 1 for c in colours.values())

@@ -23,7 +23,7 @@ from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
 from .labels import method_family
 from .headline import (headline_rows, mask_table, published_markdown, readme_block, runs_by_group,
-                       selection_table, task_rows, with_holm, with_readme_block)
+                       selected_groups, selection_table, task_rows, with_holm, with_readme_block)
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
 from .plots import plot_all, plot_metric_panels
@@ -226,6 +226,12 @@ def _report_selected(grid, args: argparse.Namespace) -> int:
                  "coordinates kept, overall and per layer, and mean sign agreement |mean of the clients' signs|; a "
                  "control records the density of the mask it matched):\n\n"
                  + masks)
+    if plot_metric_panels(selected_groups(rows, groups), [("ood-accuracy", "OOD accuracy"),
+                                                          ("mask-density", "mask density (fraction kept)")],
+                          out / "headline.png", f"Selected methods, fresh seeds: grid {grid.name}"):
+        text += ("\nOOD accuracy and mask density by round, each method's training-domain choice on the fresh seeds "
+                 "(bands: 95% CI of the mean over seeds; a control draws the density of the mask it matched):\n\n"
+                 "![OOD accuracy and mask density by round](headline.png)\n")
     (out / "summary.md").write_text(text)
     (out / "summary.csv").write_text(headline_csv(rows))
     print(text)
