@@ -35,13 +35,13 @@ from flwr.app import ArrayRecord
 
 from fedgma.strategies.records import decode, encode
 from .safe_files import atomic_write
-from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings
+from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings, current_keys
 
 #: The latest round checkpoint in a run's output folder, and the pickle-based file of releases before it.
 CHECKPOINT = "checkpoint.npz"
 OLD_CHECKPOINT = "checkpoint.pt"
 #: Keys a resumed run may change: where it reads and writes, whether it resumes, how many rounds it has.
-MAY_CHANGE_ON_RESUME = ("num-rounds", "resume", "output-dir", "data-dir", "overwrite")
+MAY_CHANGE_ON_RESUME = ("num-server-rounds", "resume", "output-dir", "data-dir", "overwrite", "tracking", "verbose")
 _MANIFEST, _MANIFEST_HASH = "manifest", "manifest-sha256"
 
 
@@ -203,13 +203,15 @@ def check_resumable(checkpoint: Checkpoint, settings: Settings) -> None:
     """Refuse to resume with another configuration, or with fewer rounds than already done.
 
     A key the checkpoint lacks (written before the key existed) counts as that key's default.
+    A key it records under an old name (``RENAMED_KEYS``) counts under its new one.
     """
-    saved, current = DEFAULT_RUN_CONFIG | checkpoint.config, settings.to_run_config()
+    saved, current = DEFAULT_RUN_CONFIG | current_keys(checkpoint.config), settings.to_run_config()
     differing = config_differences(saved, current)
     if differing:
         details = "; ".join(f"'{k}': checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
         raise ConfigError(f"Cannot resume: the run config differs from the checkpoint's in {details}. "
                           f"Only {', '.join(MAY_CHANGE_ON_RESUME)} may change.")
-    if settings.num_rounds < checkpoint.round:
-        raise ConfigError(f"Run-config key 'num-rounds' is {settings.num_rounds}, but the checkpoint already "
-                          f"holds {checkpoint.round} rounds; resume with num-rounds >= {checkpoint.round}.")
+    if settings.num_server_rounds < checkpoint.round:
+        raise ConfigError(f"Run-config key 'num-server-rounds' is {settings.num_server_rounds}, but the checkpoint "
+                          f"already holds {checkpoint.round} rounds; resume with num-server-rounds >= "
+                          f"{checkpoint.round}.")

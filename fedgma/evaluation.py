@@ -1,4 +1,10 @@
-"""The central evaluation of both server apps: test the global model, print one line, record, checkpoint."""
+"""The central evaluation of both server apps: test the global model, print one line, record, checkpoint.
+
+The line (``[round t/T]``) is the run's progress on the console: time since this
+invocation's first evaluation, the time left at the pace of the rounds done since,
+the OOD and in-distribution accuracies, the train loss, the mask density and the
+reply counts (Flower's own round lines are off unless ``verbose``: fedgma.console).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from flwr.common.logger import log
 from fedgma.strategies.records import decode
 
 from .checkpoint import Checkpoint, random_states, save_checkpoint
+from .console import clock, time_left
 from .data import test_sets
 from .outputs import RoundTimer, RunRecorder
 from .settings import Settings
@@ -45,10 +52,13 @@ class CentralEvaluation:
         self.test_sets = test_sets(settings)
         self.timer = RoundTimer()
         self.latest: ArrayRecord | None = None  # the newest global model (model.pt at the end)
+        self.started: tuple[int, float] | None = None  # (round, time) of this invocation's first evaluation
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round += self.round_offset
         self.latest = arrays
+        if self.started is None:
+            self.started = (server_round, time.perf_counter())
         if self.recorder.rows and server_round <= self.recorder.rows[-1]["round"]:
             return None  # a resumed run's starting point: evaluated and recorded before the interruption
         seconds = self.timer.lap()
@@ -69,11 +79,14 @@ class CentralEvaluation:
                 server_round, decode(arrays), self.checkpoint_state(), self.recorder.rows,
                 self.settings.to_run_config(), self.recorder.summary(), random_states()))
             saved = f" | checkpoint {size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s"
-        log(INFO, "[round %d/%d] OOD acc %.4f | ID acc %.4f | train loss %s | mask density %s | "
-                  "replies %s ok, %s failed, %s rejected | %.1f s%s", server_round,
-            self.settings.num_rounds, row["ood-accuracy"], row["id-accuracy"], _fmt(row.get("train-loss")),
-            _fmt(row.get("mask-density")), row.get("replies-accepted", "-"), row.get("replies-failed", "-"),
-            row.get("replies-rejected", "-"), seconds, saved)
+        first_round, first_time = self.started
+        elapsed, total = time.perf_counter() - first_time, self.settings.num_server_rounds
+        log(INFO, "[round %d/%d] %s elapsed, %s left | OOD acc %.4f | ID acc %.4f | train loss %s | "
+                  "mask density %s | replies %s ok, %s failed, %s rejected | %.1f s%s", server_round, total,
+            clock(elapsed), time_left(elapsed, server_round - first_round, total - server_round),
+            row["ood-accuracy"], row["id-accuracy"], _fmt(row.get("train-loss")), _fmt(row.get("mask-density")),
+            row.get("replies-accepted", "-"), row.get("replies-failed", "-"), row.get("replies-rejected", "-"),
+            seconds, saved)
         return MetricRecord(metrics)
 
 

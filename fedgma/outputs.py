@@ -2,7 +2,9 @@
 
 ``metrics.json`` and ``metrics.csv`` are rewritten after every round (atomically),
 so a run that stops half way keeps every finished round; ``status`` in
-metrics.json says whether the run completed, was stopped on purpose or failed.
+metrics.json says whether the run completed, was stopped on purpose or failed. The same
+rows and the final model also go to the tracking tools the run config names
+(:mod:`fedgma.tracking`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 
 from .machine import machine
 from .safe_files import atomic_write
-from .settings import ConfigError, Settings
+from .settings import ConfigError, Settings, tracking_tools
+from .tracking import Trackers
 
 def resolve_output_dir(settings: Settings) -> Path:
     """``output-dir`` as an absolute path; '' becomes ./outputs/<time>-<strategy>."""
@@ -47,7 +50,9 @@ class RunRecorder:
 
     A resumed run passes the checkpoint's ``rows`` and ``report`` (metrics.json's
     top level): the rows continue, ``wall-seconds`` keeps adding up, and
-    ``resumed`` lists each resumption with the round it started from.
+    ``resumed`` lists each resumption with the round it started from. Every row and
+    the final model also go to the run's tracking tools (``tracking``), whose run ids
+    metrics.json keeps (its ``tracking``) for a resumed run to continue.
     """
 
     def __init__(self, folder: Path, settings: Settings, rows: list[dict[str, Any]] | None = None,
@@ -64,6 +69,9 @@ class RunRecorder:
             self.report.setdefault("resumed", []).append(
                 {"from-round": self.rows[-1]["round"] if self.rows else 0,
                  "at": datetime.now().isoformat(timespec="seconds"), "machine": here})
+        tools = tracking_tools(settings.tracking)
+        self.trackers = Trackers(tools, folder, settings.to_run_config(),
+                                 self.report.setdefault("tracking", {}) if tools else {})
         self._clock = RoundTimer()
         self._write_json()
 
@@ -77,6 +85,7 @@ class RunRecorder:
         self.report["num-clients"] = max(self.report["num-clients"], int(row.get("clients-connected", 0)))
         self._write_json()
         self._write_csv()
+        self.trackers.log_round(row)
 
     def finish(self, state_dict: dict[str, torch.Tensor], status: str = "completed") -> None:
         """Save the final model and plot, and mark the run ``status``. ``model.pt`` is a plain state dict
@@ -85,7 +94,7 @@ class RunRecorder:
         torch.save(state_dict, buffer)
         atomic_write(self.folder / "model.pt", buffer.getvalue())
         plot_accuracy(self.rows, self.folder / "accuracy.png")
-        self.set_status(status)
+        self.set_status(status, model=self.folder / "model.pt")
 
     def end_status(self, problem: BaseException) -> str:
         """The status of a run that ``problem`` ended before its last round: ``stopped: ...`` for a stop on purpose
@@ -95,11 +104,13 @@ class RunRecorder:
         current = self.rows[-1]["round"] + 1 if self.rows else 0
         return f"stopped: by the operator during round {current}"
 
-    def set_status(self, status: str) -> None:
-        """Mark the run's status without touching the recorded rounds."""
+    def set_status(self, status: str, model: Path | None = None) -> None:
+        """Mark the run's status without touching the recorded rounds, and close its tracking logs (with
+        ``model``, the final model, as their artifact)."""
         self.report["status"] = status
         self.report["finished"] = datetime.now().isoformat(timespec="seconds")
         self._write_json()
+        self.trackers.finish(status, model)
 
     def _write_json(self) -> None:
         self.report["wall-seconds"] = round(self.report["wall-seconds"] + self._clock.lap(), 3)

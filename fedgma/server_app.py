@@ -8,8 +8,8 @@ progress line, persists the round and replaces the checkpoint.
 
 A resumed run calls ``Strategy.start`` for the remaining rounds only; the
 strategy's ``round_offset`` maps Flower's round numbers (which start at 1 again,
-so Flower's own "[ROUND k/N]" lines count the rounds of this invocation) to the
-run's, which this app's "[round t/T]" lines show.
+so Flower's own "[ROUND k/N]" lines, shown with ``verbose=true``, count the rounds
+of this invocation) to the run's, which this app's "[round t/T]" lines show.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgma.strategies import ReplyGuard
 
+from .console import quiet_flower_rounds
 from .checkpoint import CHECKPOINT, check_model_arrays, check_resumable, load_checkpoint, set_random_states
 from .evaluation import CentralEvaluation
 from .model import build_model
@@ -58,7 +59,7 @@ def _start(settings: Settings) -> tuple[RunRecorder, ArrayRecord, ReplyGuard]:
                           "'output-dir'.") from problem
     model.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in checkpoint.arrays.items()})
     log(INFO, "Resumed from the checkpoint of round %d in %s; rounds %d to %d remain.", checkpoint.round, folder,
-        checkpoint.round + 1, settings.num_rounds)
+        checkpoint.round + 1, settings.num_server_rounds)
     recorder = RunRecorder(folder, settings, rows=checkpoint.rows, report=checkpoint.report)
     return recorder, ArrayRecord(model.state_dict()), strategy
 
@@ -96,13 +97,15 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_clients(grid, settings.min_available_nodes, settings.round_timeout)
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
-        " + GMA" if settings.gma else "", settings.num_rounds, recorder.folder)
+        " + GMA" if settings.gma else "", settings.num_server_rounds, recorder.folder)
     model = prepare_model(build_model(settings.task), device)
     try:
         evaluate_fn = CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=strategy.state,
                                         round_offset=strategy.round_offset)
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds - strategy.round_offset,
-                       timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
+        with quiet_flower_rounds(settings.verbose):
+            strategy.start(grid=grid, initial_arrays=initial,
+                           num_rounds=settings.num_server_rounds - strategy.round_offset,
+                           timeout=settings.round_timeout, evaluate_fn=evaluate_fn)
     except BaseException as problem:
         recorder.set_status(recorder.end_status(problem))
         raise

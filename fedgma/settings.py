@@ -44,13 +44,21 @@ class Settings:
     # --- experiment -------------------------------------------------------
     seed: int = _opt(0, "Seed for model init, partitioning, colouring and sampling (below 2^32, which every "
                         "generator the run seeds accepts).", low=0, high=2**32 - 1)
-    num_rounds: int = _opt(15, "Federated rounds.", low=1, high=MAX_COUNT)
+    num_server_rounds: int = _opt(15, "Federated rounds (Flower's name for the key, as in its app templates).",
+                                  low=1, high=MAX_COUNT)
     output_dir: str = _opt("", "Folder for metrics.json, metrics.csv, model.pt, accuracy.png; "
                                "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
     overwrite: bool = _opt(False, "Let a fresh run replace the records of an earlier run in 'output-dir' (without "
                                   "it, a fresh run into a folder that holds a metrics.json stops before round 1).")
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
-                               "not redone; a larger num-rounds extends a completed run).")
+                               "not redone; a larger num-server-rounds extends a completed run).")
+    verbose: bool = _opt(False, "Also print Flower's own lines of every round (banner, sampling, reply counts, "
+                                "aggregated MetricRecords) and its 'Final results' dump; without it the console "
+                                "shows the app's one line per round (Message-API app).")
+    tracking: str = _opt("none", "Also log every round, the resolved run config and the final model to these tools, "
+                                 "comma-separated: 'tensorboard' (event files), 'wandb' (Weights & Biases, offline "
+                                 "mode), 'mlflow' (a local SQLite store), each under 'output-dir'; 'none' = files "
+                                 "only. Needs the tracking extras (pip install -e '.[tracking]').")
     # --- data ---------------------------------------------------------------
     task: str = _opt("binary", "'binary' colored MNIST (digit >= 5, colour flipped with probability e), "
                                "'multiclass' colored MNIST (10 classes, class-specific colours) or 'irm': IRM's "
@@ -204,6 +212,9 @@ class Settings:
         fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
         values = {}
         for key, value in run_config.items():
+            if key in RENAMED_KEYS:
+                raise ConfigError(f"Run-config key '{key}' is now '{RENAMED_KEYS[key]}' (Flower's name for it); "
+                                  f"write {RENAMED_KEYS[key]}={value!r}.")
             if key not in fields:
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -217,6 +228,7 @@ class Settings:
             raise ConfigError("Run-config key 'preprocessing' = 'seed-repo' needs task='binary' (the seed "
                               "repository has only the binary task).")
         environment_flips(settings.environments)  # raises ConfigError naming the key
+        tracking_tools(settings.tracking)  # the same
         if settings.fedgma_control != "none" and settings.strategy != "fedgma":
             raise ConfigError(f"Run-config key 'fedgma-control' = {settings.fedgma_control!r} needs "
                               "strategy='fedgma' (it replaces FedGMA's mask).")
@@ -280,6 +292,34 @@ def environment_flips(environments: str) -> tuple[float, ...]:
         raise ConfigError(f"Run-config key 'environments' is {environments!r}; it must be comma-separated colour "
                           "flip probabilities in [0, 1], e.g. '0.1,0.2'.")
     return flips
+
+
+#: The tools the run-config key 'tracking' may name (fedgma/tracking.py logs to them).
+TRACKING_TOOLS = ("tensorboard", "wandb", "mlflow")
+
+
+def tracking_tools(tracking: str) -> tuple[str, ...]:
+    """The run-config key 'tracking' ("tensorboard,mlflow", or "none") as the tools it names, checked."""
+    if tracking.strip() == "none":
+        return ()
+    tools = [part.strip() for part in tracking.split(",")]
+    for tool in tools:
+        if tool not in TRACKING_TOOLS:
+            close = difflib.get_close_matches(tool, TRACKING_TOOLS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"Run-config key 'tracking' names {tool!r}{hint}; it must be 'none' or a "
+                              f"comma-separated list of {', '.join(TRACKING_TOOLS)}.")
+    return tuple(dict.fromkeys(tools))
+
+
+#: Keys renamed since runs were first recorded: old name -> today's (Flower's templates call the round count
+#: num-server-rounds). Records and checkpoints written under an old name still read (``current_keys``).
+RENAMED_KEYS = {"num-rounds": "num-server-rounds"}
+
+
+def current_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run config (metrics.json's ``config``, a checkpoint's) with every renamed key under today's name."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in config.items()}
 
 
 #: Today's default of every key: what a run made before a key existed ran with (the

@@ -63,3 +63,49 @@ def layers(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray
     """A small two-layer model's arrays."""
     return {"w": (scale * rng.standard_normal((4, 3))).astype(np.float32),
             "b": (scale * rng.standard_normal(3)).astype(np.float32)}
+
+
+def tracking_env(folder: Path) -> dict[str, str]:
+    """Environment for runs that log to the tracking tools: W&B's caches and settings in ``folder`` (not the
+    user's home), and MLflow's and W&B's usage telemetry off (tests use no network)."""
+    return {"WANDB_CACHE_DIR": str(folder / "wandb-cache"), "WANDB_DATA_DIR": str(folder / "wandb-data"),
+            "WANDB_CONFIG_DIR": str(folder / "wandb-config"), "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true"}
+
+
+@pytest.fixture
+def tracking_home(tmp_path, monkeypatch) -> Path:
+    for key, value in tracking_env(tmp_path / "tracking-home").items():
+        monkeypatch.setenv(key, value)
+    return tmp_path / "tracking-home"
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of the TensorBoard event files in ``folder``, read with TensorBoard's own EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    return {tag: {event.step: event.value for event in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def mlflow_run(folder: Path):
+    """The one MLflow run in ``folder``'s SQLite store and its client (MLflow's own MlflowClient)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fedgma")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def wandb_records(folder: Path) -> list[dict]:
+    """The records of the one offline W&B run under ``folder``, as W&B's own reader prints them
+    (``wandb leet inspect --json``)."""
+    import json
+    import subprocess
+    import sys
+
+    (log,) = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(log), "--json"], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

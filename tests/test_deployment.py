@@ -28,7 +28,7 @@ pytestmark = pytest.mark.deployment
 
 
 def tiny_run(mnist_dir, out, **extra):
-    return {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 200, "max-test-examples": 300,
+    return {"data-dir": str(mnist_dir), "num-server-rounds": 2, "max-client-examples": 200, "max-test-examples": 300,
             "output-dir": str(out), "strategy": "fedgma", **extra}
 
 
@@ -232,7 +232,7 @@ def test_secagg_gma_survives_a_supernode_killed_during_its_secure_round(mnist_di
     from the other two nodes' shares (threshold 2 of 3 shares). Each stage waits at most the round timeout; with
     45 s the round halted once on a loaded 2-core machine (not investigated), so the test gives it 120 s."""
     out = tmp_path / "out"
-    config = tiny_run(mnist_dir, out, **{"num-rounds": 1, "max-client-examples": 3000, "batch-size": 32,
+    config = tiny_run(mnist_dir, out, **{"num-server-rounds": 1, "max-client-examples": 3000, "batch-size": 32,
                                          "secagg": True, "round-timeout": 120.0, "strategy": "fedavg", "gma": True})
     with deployed_nodes(tmp_path / "deploy", mnist_dir, 3) as deployment:
         output = run_and_kill(deployment, REPO / "examples" / "legacy", config, "node-2",

@@ -19,8 +19,8 @@ from fedgma.data import test_sets as server_test_sets
 from fedgma.data.coloring import color_seed_repo, color_seed_repo_test
 from fedgma.tools.experiments.__main__ import main
 from fedgma.tools.experiments.grid import available_grids, load_grid
-from fedgma.tools.experiments.plots import COLOURS, line_style
 from fedgma.tools.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
+from fedgma.tools.experiments.statistics import paired_comparison
 from fedgma.tools.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
 from fedgma.tools.local_flower import LocalFlower
 from fedgma.checkpoint import CHECKPOINT
@@ -31,7 +31,7 @@ from fedgma.training import to_input
 # --- grids as data --------------------------------------------------------------------------------
 def test_grid_expands_vary_in_order_with_seed_last_in_names(tmp_path):
     grid_file = tmp_path / "g.toml"
-    grid_file.write_text('supernodes = 4\n[config]\nnum-rounds = 2\n[vary]\nseed = [0, 1]\n'
+    grid_file.write_text('supernodes = 4\n[config]\nnum-server-rounds = 2\n[vary]\nseed = [0, 1]\n'
                          'strategy = ["fedavg", "fedgma"]\n[[variants]]\nname = "plain"\n[[variants]]\n'
                          'name = "p05"\np = 0.5\n')
     grid = load_grid(str(grid_file))
@@ -40,7 +40,7 @@ def test_grid_expands_vary_in_order_with_seed_last_in_names(tmp_path):
                                                "variant=plain__strategy=fedgma__seed=0",
                                                "variant=p05__strategy=fedgma__seed=0"]
     assert len(grid.runs) == 8 and all(r.supernodes == 4 for r in grid.runs)
-    assert grid.runs[1].config == {"num-rounds": 2, "p": 0.5, "seed": 0, "strategy": "fedavg"}
+    assert grid.runs[1].config == {"num-server-rounds": 2, "p": 0.5, "seed": 0, "strategy": "fedavg"}
     assert grid.runs[1].group == "variant=p05__strategy=fedavg"
 
 
@@ -63,22 +63,23 @@ def test_committed_grids_are_valid():
 
 
 # --- tables and plots from output folders -----------------------------------------------------------
-def fake_run(folder, seed, ood, density=None, **config):
+def fake_run(folder, seed, ood, density=None, rounds_key="num-server-rounds", **config):
     rows = [{"round": r, "ood-accuracy": acc, "id-accuracy": 0.8, **({"mask-density": density,
             "mean-agreement": 0.5, "mask-density/w": density} if density is not None and r else {})}
             for r, acc in enumerate(ood)]
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
-        "status": "completed", "config": {"seed": seed, "num-rounds": len(ood) - 1, "output-dir": str(folder),
-                                          **config},
+        "status": "completed", "config": {"seed": seed, rounds_key: len(ood) - 1, "output-dir": str(folder), **config},
         "num-clients": 10, "wall-seconds": 120.0, "rounds": rows}))
     (folder / "metrics.csv").write_text("round,ood-accuracy\n")
 
 
 def test_table_and_plots_from_output_folders(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "a0", 0, [0.5, 0.55, 0.65, 0.72], strategy="fedavg")
-    # a1 records a key that a0 (an older release) did not have, at its default: still one configuration
-    fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg", **{"min-accepted-fraction": 0.0})
+    # a1 records a key that a0 (an older release) did not have, at its default, and the round count under its old
+    # name (as the committed results do): still one configuration
+    fake_run(tmp_path / "runs" / "a1", 1, [0.5, 0.61, 0.62, 0.68], strategy="fedavg", rounds_key="num-rounds",
+             **{"min-accepted-fraction": 0.0})
     fake_run(tmp_path / "runs" / "b0", 0, [0.5, 0.4, 0.5, 0.59], density=0.25, strategy="fedgma")
     (tmp_path / "runs" / "unfinished").mkdir()
     (tmp_path / "runs" / "unfinished" / "metrics.json").write_text(json.dumps(
@@ -117,11 +118,6 @@ def test_table_and_plots_from_output_folders(tmp_path, capsys):
     assert main(["table", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 1
 
 
-def test_every_configuration_of_a_large_grid_gets_its_own_line_style():
-    styles = [tuple(line_style(i).values()) for i in range(28)]
-    assert len(set(styles)) == 28  # data-splits draws 18 lines; the colour-blind-safe palette has 7 colours
-    assert all(style["color"] in COLOURS for style in map(line_style, range(28)))
-
 
 def test_report_pairs_a_grid_with_a_baseline_run_of_another_grid(tmp_path, capsys):
     grid_file = tmp_path / "masked.toml"
@@ -153,7 +149,7 @@ def test_dp_settings_of_a_run_without_dp_neither_name_nor_separate_it(tmp_path):
 def test_config_command_joins_a_file_and_overrides(capsys):
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "output-dir=/tmp/x", "resume=true"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert "num-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
+    assert "num-server-rounds=50" in printed and "output-dir='/tmp/x'" in printed and printed.endswith("resume=true")
     assert main(["config", str(REPO / "configs" / "seed-repo.toml"), "lr=abc"]) == 2
 
 
@@ -191,7 +187,7 @@ class FailingOnceFlower(RecordingFlower):
 
 def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, capsys):
     grid_file = tmp_path / "g.toml"
-    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\n[vary]\nseed = [0]\n')
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0]\n')
     flower = FailingOnceFlower()
     outcomes = run_grid(load_grid(str(grid_file)), tmp_path / "r", flower=flower)
     assert [o.status for o in outcomes] == ["completed"] and flower.resumed == [False, True]
@@ -206,9 +202,9 @@ def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, caps
 
 def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, capsys):
     grid_file = tmp_path / "b.toml"
-    grid_file.write_text('supernodes = 10\n[config]\nnum-rounds = 3\n[vary]\nseed = [0, 1]\n')
+    grid_file.write_text('supernodes = 10\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0, 1]\n')
     results = tmp_path / "results"
-    stored = Settings.from_run_config({"num-rounds": 3}).to_run_config()
+    stored = Settings.from_run_config({"num-server-rounds": 3}).to_run_config()
     del stored["seed"]
     fake_run(results / "a" / "strategy=fedgma__seed=0", 0, [0.5, 0.6, 0.7, 0.8], **stored)
     fake_run(results / "a" / "p=0.5__seed=1", 1, [0.5, 0.6, 0.7, 0.8], **(stored | {"p": 0.5}))
@@ -242,7 +238,7 @@ def test_run_command_queues_grids_in_order_and_checks_them_all_first(tmp_path, m
 @pytest.mark.simulation
 def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mnist_dir, capsys):
     grid_file = tmp_path / "tiny.toml"
-    grid_file.write_text('supernodes = 3\n[config]\nnum-rounds = 3\nmax-client-examples = 300\n'
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\nmax-client-examples = 300\n'
                          'max-test-examples = 200\nmin-available-nodes = 3\n[vary]\nseed = [0, 1]\n')
     grid, results = load_grid(str(grid_file)), tmp_path / "results"
     first, second = (results / "tiny" / run.name for run in grid.runs)
@@ -319,3 +315,41 @@ def test_labels_name_the_method_and_only_its_own_knobs():
     assert label(strategy="fedavgm", **{"server-momentum": 0.0, "server-momentum-lr": 2.0}) == "FedAvg (server lr 2)"
     assert configuration_label(DEFAULT_RUN_CONFIG | {"strategy": "fedavg", "partitioner": "iid"},
                                ["strategy", "partitioner"]) == "FedAvg, partitioner iid"
+
+
+def test_runner_says_runs_done_of_the_total_and_the_time_left(tmp_path, capsys):
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\n[vary]\nseed = [0, 1]\n')
+    run_grid(load_grid(str(grid_file)), tmp_path / "r", flower=FailingOnceFlower())
+    lines = [line for line in capsys.readouterr().out.splitlines() if "runs done" in line]
+    assert len(lines) == 2 and "completed in" in lines[0]
+    assert "1 of 2 runs done, 0:00:00 left at this pace" in lines[0] and "2 of 2 runs done, 0:00:00 left" in lines[1]
+
+
+def test_compare_pairs_by_seed_against_plain_fedavg(tmp_path, capsys):
+    """`compare FOLDERS` (baseline fedavg): per setting, each method minus FedAvg of the same seed, with CI and p;
+    'best' never counts round 0 (here the untrained model's 0.9)."""
+    for seed, (base, masked) in enumerate([(0.60, 0.65), (0.62, 0.66), (0.58, 0.64)]):
+        fake_run(tmp_path / "runs" / f"avg{seed}", seed, [0.9, 0.5, base], strategy="fedavg")
+        fake_run(tmp_path / "runs" / f"gma{seed}", seed, [0.9, 0.55, masked], density=0.5, strategy="fedavg", gma=True)
+    fake_run(tmp_path / "runs" / "iid", 0, [0.9, 0.5, 0.7], strategy="fedgma", partitioner="iid")  # no FedAvg there
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    gma = next(line for line in table.splitlines() if line.startswith("| GMA"))
+    difference = paired_comparison({0: 0.65, 1: 0.66, 2: 0.64}, {0: 0.60, 1: 0.62, 2: 0.58})
+    shown = f"{difference.mean:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] | {difference.p_value:.3g}"
+    assert f"| 3 | {shown} |" in gma
+    assert "| 0.6500 | 0.6500 | FedAvg, partitioner pathological |" in gma  # best of rounds 1+, not round 0's 0.9
+    assert "| no run with the same setting | 0 | - |" in table
+    assert "warning: no FedAvg run with the setting of 'FedGMA" in capsys.readouterr().err
+    png = (tmp_path / "cmp" / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # two FedAvg configurations in one setting: say so, and how to name one
+    fake_run(tmp_path / "two" / "a", 0, [0.5, 0.6], strategy="fedavgm", **{"server-momentum": 0.0})
+    fake_run(tmp_path / "two" / "b", 0, [0.5, 0.6], strategy="fedavgm", **{"server-momentum": 0.0,
+                                                                            "server-momentum-lr": 2.0})
+    fake_run(tmp_path / "two" / "c", 0, [0.5, 0.7], strategy="fedgma")
+    assert main(["compare", str(tmp_path / "two"), "--out", str(tmp_path / "x")]) == 2
+    assert "name one with KEY=VALUE" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--baseline", "fedavg",
+                 "server-momentum-lr=2.0"]) == 0

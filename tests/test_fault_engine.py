@@ -30,7 +30,7 @@ def faulty_app(tmp_path):
 
 def test_faults_are_counted_the_model_is_kept_and_the_run_completes(faulty_app, mnist_dir, tmp_path):
     out = tmp_path / "out"
-    config = {"data-dir": str(mnist_dir), "num-rounds": 3, "max-client-examples": 150, "max-test-examples": 300,
+    config = {"data-dir": str(mnist_dir), "num-server-rounds": 3, "max-client-examples": 150, "max-test-examples": 300,
               "min-available-nodes": 4, "fraction-evaluate": 1.0, "output-dir": str(out), "strategy": "fedadam",
               "gma": True}
     with LocalFlower() as flower:  # its own short /tmp folder: Ray socket paths must stay under 108 bytes

@@ -57,7 +57,7 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, mnist_dir, tmp_pat
     address, temp = ray_head
     out = tmp_path / "out"
     with LocalFlower(env={"RAY_ADDRESS": address}) as flower:
-        done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-rounds": 2, "max-client-examples": 100,
+        done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-server-rounds": 2, "max-client-examples": 100,
                                  "max-test-examples": 200, "output-dir": str(out)}, 2)
         assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
         fresh_sessions = list((flower.root / "ray").rglob("session_*"))

@@ -29,7 +29,7 @@ def rounds_without_timing(folder):
 
 
 def tiny(mnist_dir, out, **extra):
-    return {"data-dir": str(mnist_dir), "num-rounds": 4, "max-client-examples": 300, "max-test-examples": 300,
+    return {"data-dir": str(mnist_dir), "num-server-rounds": 4, "max-client-examples": 300, "max-test-examples": 300,
             "min-available-nodes": 3, "fraction-evaluate": 1.0, "output-dir": str(out), **extra}
 
 
@@ -81,7 +81,7 @@ def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_p
 
 def test_resume_refuses_another_configuration_and_extends_a_finished_run(flower, mnist_dir, tmp_path):
     out = tmp_path / "run"
-    config = tiny(mnist_dir, out, **{"num-rounds": 1, "fraction-evaluate": 0.0})
+    config = tiny(mnist_dir, out, **{"num-server-rounds": 1, "fraction-evaluate": 0.0})
     assert json.loads((flower.run(REPO, config, 3).output and (out / "metrics.json")).read_text())["status"] \
         == "completed"
     flower.run(REPO, config | {"resume": True, "lr": 0.01, "p": 0.5}, 3)
@@ -90,8 +90,8 @@ def test_resume_refuses_another_configuration_and_extends_a_finished_run(flower,
     assert "Cannot resume: the run config differs from the checkpoint's in 'lr'" in latest["status-details"]
     assert "'p': checkpoint 0.7, now 0.5" in latest["status-details"]
 
-    done = flower.run(REPO, config | {"resume": True, "num-rounds": 2}, 3)  # extend a completed run
+    done = flower.run(REPO, config | {"resume": True, "num-server-rounds": 2}, 3)  # extend a completed run
     report = json.loads((out / "metrics.json").read_text())
     assert report["status"] == "completed", done.output[-4000:]
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
-    assert report["config"]["num-rounds"] == 2
+    assert report["config"]["num-server-rounds"] == 2

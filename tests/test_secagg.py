@@ -190,7 +190,7 @@ def test_the_legacy_app_runs_fedgma_under_secagg_equal_to_the_plain_run(mnist_di
     """The legacy app end to end in Flower's simulation engine, plain and with real SecAgg+: FedGMA in its gradient
     direction (weights, gradients and signs all securely summed; the mask acting). One round, so both runs start
     from the same model and the clients train identically: the only difference is SecAgg+'s quantization."""
-    config = {"data-dir": str(mnist_dir), "num-rounds": 1, "max-client-examples": 150, "max-test-examples": 300,
+    config = {"data-dir": str(mnist_dir), "num-server-rounds": 1, "max-client-examples": 150, "max-test-examples": 300,
               "secagg-max-weight": 150.0, "strategy": "fedgma", "p": 0.3, "server-lr": 1.0}
     with LocalFlower() as flower:
         for secagg in (False, True):

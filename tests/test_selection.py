@@ -5,14 +5,15 @@ import json
 import pytest
 
 from fedgma.tools.experiments.grid import load_grid
-from fedgma.tools.experiments.headline import (headline_rows, mask_table, runs_by_group, selection_table, task_rows,
-                                               to_markdown, with_holm)
+from fedgma.tools.experiments.__main__ import main
+from fedgma.tools.experiments.headline import (headline_rows, mask_table, runs_by_group, selected_groups,
+                                               selection_table, task_rows, to_markdown, with_holm)
 
 TUNE = """
 description = "tiny tuning grid"
 supernodes = 2
 [config]
-num-rounds = 10
+num-server-rounds = 10
 [vary]
 seed = [0, 1]
 [[variants]]
@@ -220,3 +221,24 @@ def test_the_readme_headline_is_the_one_the_committed_runs_give():
     assert rebuilt == readme, "README.md's headline table is stale: run `python -m fedgma.tools.experiments report`"
     with pytest.raises(ValueError, match="no headline block"):
         with_readme_block("# a README without the block\n", "table")
+
+
+def test_a_selected_grid_report_draws_the_headline_figure(grids, tmp_path):
+    """`report GRID` of a selected grid: OOD accuracy (95% CI bands over the fresh seeds) and mask density of each
+    method's training-domain choice, one line per method in its own colour, linked from summary.md."""
+    tune, final, results = grids
+    for run in load_grid(str(tune), results).runs:
+        write_run(results / "tune" / run.name, run.config, 0.5, *SCORES[run.group.removeprefix("variant=")])
+    grid = load_grid(str(final), results)
+    for run in grid.runs:
+        masked = run.config.get("gma") or run.config["strategy"] == "fedgma"
+        write_run(results / "final" / run.name, run.config, 0.4 + run.config["seed"] / 100,
+                  masks=(lambda r: {"mask-density": 0.5 / r}) if masked else None)
+    groups = runs_by_group(grid, results)
+    chosen = selected_groups(with_holm(task_rows("tiny", grid, groups)), groups)
+    assert [g.label for g in chosen] == ["FedAvg", "GMA", "FedGMA", "FedGMA, random-mask control"]
+    assert all(len(g.runs) == 5 for g in chosen)
+    out = tmp_path / "docs"
+    assert main(["--results", str(results), "report", str(final), "--out", str(out)]) == 0
+    assert "![OOD accuracy and mask density by round](headline.png)" in (out / "summary.md").read_text()
+    assert (out / "headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,8 @@ import tomllib
 from conftest import REPO
 
 from fedgma.checkpoint import Checkpoint, check_resumable
-from fedgma.settings import ConfigError, Settings
+from fedgma.settings import ConfigError, Settings, current_keys
+from fedgma.tools import check_config
 
 
 @pytest.mark.parametrize("override, message", [
@@ -16,7 +17,7 @@ from fedgma.settings import ConfigError, Settings
     ({"local-epochs": -1}, "'local-epochs' is -1; it must be >= 1"),
     ({"partitioner": "shards"}, "'partitioner' is 'shards'; allowed values: 'pathological', 'iid', 'dirichlet'"),
     ({"stratgy": "fedavg"}, "Unknown run-config key 'stratgy'. Did you mean 'strategy'?"),
-    ({"num-rounds": 2.5}, "'num-rounds' must be a int"),
+    ({"num-server-rounds": 2.5}, "'num-server-rounds' must be a int"),
     ({"gma": "yes"}, "'gma' must be a bool"),
     ({"flip-low": 0.3}, "'flip-low' (0.3) must not exceed 'flip-high' (0.2)"),
     ({"strategy": "fedgma", "gma": True}, "'gma' must be false with strategy='fedgma'"),
@@ -80,7 +81,38 @@ def test_too_few_clients_stop_the_run_instead_of_waiting_forever(monkeypatch):
 
 
 @pytest.mark.parametrize("key, value", [("p", float("nan")), ("lr", float("inf")), ("seed", 2**64),
-                                        ("num-rounds", 10**12), ("batch-size", 10**9), ("client-threads", 10**6)])
+                                        ("num-server-rounds", 10**12), ("batch-size", 10**9),
+                                        ("client-threads", 10**6)])
 def test_values_that_would_hang_or_crash_a_run_are_refused_by_name(key, value):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         Settings.from_run_config({key: value})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("num-rounds=3", "'num-rounds' is now 'num-server-rounds' (Flower's name for it); write num-server-rounds=3."),
+    ("stratgy='fedavg' seed=1", "Unknown run-config key 'stratgy'. Did you mean 'strategy'?"),
+    ("tau=2.0", "'tau' is 2.0; it must be <= 1.0"),
+    ("seed=1 data-dir='unclosed", "invalid format"),
+])
+def test_check_config_names_the_key_flower_refuses(text, message, capsys):
+    """What `flwr run --run-config TEXT` would refuse with only 'Invalid run configuration': the checker,
+    reading TEXT with Flower's own parser, names the key and the closest valid one."""
+    assert check_config.main([text]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_check_config_accepts_a_valid_value_and_a_ready_made_file(capsys):
+    assert check_config.main(["num-server-rounds=3 strategy='fedavg' gma=true"]) == 0
+    assert "ok: 3 key(s)" in capsys.readouterr().out
+    assert check_config.main([str(REPO / "configs" / "irm.toml")]) == 0
+
+
+def test_records_under_an_old_key_name_read_under_the_new_one():
+    """Runs and checkpoints recorded 'num-rounds' (the committed results do): they still group and resume."""
+    old = Settings().to_run_config()
+    old["num-rounds"] = old.pop("num-server-rounds")
+    checkpoint = Checkpoint(round=3, arrays={}, strategy_state={}, rows=[], config=old, report={}, random_states={})
+    check_resumable(checkpoint, Settings())
+    with pytest.raises(ConfigError, match="'num-server-rounds' is 2, but the checkpoint already holds 3 rounds"):
+        check_resumable(checkpoint, Settings(num_server_rounds=2))
+    assert current_keys(old) == Settings().to_run_config()

@@ -118,14 +118,14 @@ def legacy_run(context: Context) -> tuple[LegacyContext, DefaultWorkflow]:
 
     def evaluate_fn(server_round: int, ndarrays: list[np.ndarray], config: dict):
         metrics = central[0](server_round, ArrayRecord({n: Array(np.asarray(a)) for n, a in zip(names, ndarrays)}))
-        if server_round == settings.num_rounds:
+        if server_round == settings.num_server_rounds:
             recorder.finish(central[0].latest.to_torch_state_dict())
         return (metrics["ood-loss"], dict(metrics)) if metrics is not None else None
 
     strategy = build_legacy_strategy(settings, initial, evaluate_fn)
     model = prepare_model(build_model(settings.task), resolve_device(settings.device))
     central.append(CentralEvaluation(settings, model, strategy, recorder, checkpoint_state=None))
-    config = ServerConfig(num_rounds=settings.num_rounds, round_timeout=settings.round_timeout)
+    config = ServerConfig(num_rounds=settings.num_server_rounds, round_timeout=settings.round_timeout)
     workflow = DefaultWorkflow(fit_workflow=strategy.secagg.workflow() if strategy.secagg is not None else None)
     return LegacyContext(context=context, config=config, strategy=strategy), workflow
 

@@ -32,7 +32,7 @@ def run_bare_loop(settings: Settings, num_clients: int, evaluate_each_round: boo
     model = prepare_model(build_model(settings.task, seed=settings.seed), resolve_device(settings.device))
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows = []
-    for server_round in range(1, settings.num_rounds + 1):
+    for server_round in range(1, settings.num_server_rounds + 1):
         start = time.perf_counter()
         states, weights = [], []
         for pid in range(num_clients):

@@ -182,14 +182,14 @@ def _scaling(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any]
              report: dict[str, Any]) -> None:
     """Round time against clients per round, and memory over rounds, on a light configuration."""
     report["scaling"] = []
-    light = base | {"strategy": "fedavg", "num-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
+    light = base | {"strategy": "fedavg", "num-server-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
     for k in (int(k) for k in args.scaling_k.split(",") if k):
         progress(f"scaling, {k} clients per round")
         report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
                                   "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
     if args.memory_rounds:
         progress(f"memory over {args.memory_rounds} rounds, 100 clients")
-        report["memory"] = simulation(flower, light | {"num-rounds": args.memory_rounds}, min(100, args.clients),
+        report["memory"] = simulation(flower, light | {"num-server-rounds": args.memory_rounds}, min(100, args.clients),
                                       out / "memory")
 
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = {"data-dir": str(Path(args.data_dir).resolve()) if args.data_dir else "", "seed": 0,
-            "num-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
+            "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
             "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
             "fraction-train": 1.0, "device": args.device}
     report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench",

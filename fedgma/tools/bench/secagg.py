@@ -159,7 +159,7 @@ def main_cli(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out).resolve()
     base = tomllib.loads((REPO / "examples" / "legacy" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    base |= {"data-dir": args.data_dir, "num-rounds": args.rounds, "max-client-examples": args.client_examples,
+    base |= {"data-dir": args.data_dir, "num-server-rounds": args.rounds, "max-client-examples": args.client_examples,
              "max-test-examples": 1000, "min-available-nodes": args.clients,
              "secagg-max-weight": float(args.client_examples)}
     report: dict[str, Any] = {"machine": machine(), "versions": versions(), "clients": args.clients,

@@ -4,6 +4,8 @@
     run GRID... --data-dir D  run grids one after the other through ``flwr run``, skipping finished runs
     plot FOLDER... --out O    accuracy, mask density and agreement plots (PNG)
     table FOLDER... --out O   summary table (summary.md and summary.csv)
+    compare FOLDER...         each configuration against a baseline method, paired by seed: one table
+                              (compare.md: difference, 95% CI, paired t-test p) and one figure (compare.png)
     report GRID               plot + table of a grid's results into docs/results/<grid>/
     config FILE [KEY=VALUE..] a config file plus overrides as one ``flwr run --run-config`` string
                               (Flower itself does not combine a file with key=value pairs)
@@ -19,13 +21,15 @@ from pathlib import Path
 from ..local_flower import LocalFlower, run_config_arg
 from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
+from .labels import method_family
 from .headline import (headline_rows, mask_table, published_markdown, readme_block, runs_by_group,
-                       selection_table, task_rows, with_holm, with_readme_block)
+                       selected_groups, selection_table, task_rows, with_holm, with_readme_block)
 from .headline import to_csv as headline_csv
 from .headline import to_markdown as headline_markdown
-from .plots import plot_all
+from .plots import plot_all, plot_metric_panels
 from .statistics import ALPHA, holm
-from .results import LAST_ROUNDS, NO_BASELINE, baseline_label, group_runs, load_runs, summary_rows, to_csv, to_markdown
+from .results import (LAST_ROUNDS, NO_BASELINE, baseline_label, compare_markdown, compare_rows, group_runs, load_runs,
+                      summary_rows, to_csv, to_markdown)
 from .runner import REUSED, run_grid, run_state, stop_on_sigterm
 
 DOCS = REPO / "docs" / "results"
@@ -38,7 +42,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{name}: " + (grid.pending if grid.pending else f"{len(grid.runs)} runs") + f"; {grid.description}")
         if args.grid:
             for run in grid.runs:
-                state = run_state(args.results / name / run.name, int(run.config.get("num-rounds", 15)))
+                state = run_state(args.results / name / run.name, int(run.config.get("num-server-rounds", 15)))
                 print(f"  {state:<12} {run.name}")
     return 0
 
@@ -106,9 +110,10 @@ def _pilots(args: argparse.Namespace) -> int:
 
 
 def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True, tables: bool = True,
-                  baseline: dict | None = None, pool: Path | None = None) -> int:
+                  baseline: dict | None = None, pool: Path | None = None, plot_title: str | None = None) -> int:
     """Table and/or plots of the runs under ``folders``. With ``pool``, a folder that holds ``folders``
-    (``results/``), baselines may also come from its other runs (other grids); every file is read once."""
+    (``results/``), baselines may also come from its other runs (other grids); every file is read once.
+    ``plot_title`` names the runs in the figures' one-line titles (default ``title``)."""
     groups, rows = _summary(folders, baseline, pool)
     if not groups:
         print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, folders))}",
@@ -128,8 +133,38 @@ def _write_tables(folders: list[Path], out: Path, title: str, plots: bool = True
         written += [out / "summary.md", out / "summary.csv"]
         print(to_markdown(rows))
     if plots:
-        written += plot_all(groups, out, title)
+        written += plot_all(groups, out, title if plot_title is None else plot_title)
     print(f"{len(runs)} runs in {len(groups)} configurations -> {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """compare.md and compare.png: every configuration under ``folders`` against the baseline method's
+    configuration of the same setting (the keys other than the method's), final OOD accuracy paired by seed."""
+    runs = load_runs(args.folders)
+    if not runs:
+        print(f"No completed run (metrics.json with status 'completed') under {', '.join(map(str, args.folders))}",
+              file=sys.stderr)
+        return 1
+    method, narrowing = args.baseline[0], _pairs(args.baseline[1:])
+    groups = group_runs(runs)
+    bases, rows = compare_rows(groups, method, narrowing)
+    if not bases:
+        raise ConfigError(f"--baseline {method}: no completed {method} run among the "
+                          f"{len(groups)} configurations ({'; '.join(g.label for g in groups)})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    method = method_family(bases[0].config)  # as the labels name it: FedAvg
+    table = (f"**Final OOD accuracy against {method}, paired by seed** (same seed: same initial model, partitions "
+             "and colours; difference with its 95% CI and a paired t-test's p, `scipy.stats`; best over rounds 1 "
+             "and later, never the untrained round 0).\n\n" + compare_markdown(rows))
+    (args.out / "compare.md").write_text(table)
+    plot_metric_panels(bases + [g for g in groups if not any(g is b for b in bases)],
+                       [("ood-accuracy", "OOD accuracy"), ("id-accuracy", "in-distribution accuracy")],
+                       args.out / "compare.png", f"Accuracy by round against {method}")
+    print(table + f"-> {args.out / 'compare.md'}, {args.out / 'compare.png'}")
+    for row in rows:
+        if row["baseline"] == NO_BASELINE:
+            print(f"warning: no {method} run with the setting of '{row['configuration']}'", file=sys.stderr)
     return 0
 
 
@@ -191,6 +226,12 @@ def _report_selected(grid, args: argparse.Namespace) -> int:
                  "coordinates kept, overall and per layer, and mean sign agreement |mean of the clients' signs|; a "
                  "control records the density of the mask it matched):\n\n"
                  + masks)
+    if plot_metric_panels(selected_groups(rows, groups), [("ood-accuracy", "OOD accuracy"),
+                                                          ("mask-density", "mask density (fraction kept)")],
+                          out / "headline.png", f"Selected methods, fresh seeds: grid {grid.name}"):
+        text += ("\nOOD accuracy and mask density by round, each method's training-domain choice on the fresh seeds "
+                 "(bands: 95% CI of the mean over seeds; a control draws the density of the mask it matched):\n\n"
+                 "![OOD accuracy and mask density by round](headline.png)\n")
     (out / "summary.md").write_text(text)
     (out / "summary.csv").write_text(headline_csv(rows))
     print(text)
@@ -204,7 +245,7 @@ def _report(args: argparse.Namespace) -> int:
     if grid.selected or grid.pending:
         return _report_selected(grid, args)
     return _write_tables([args.results / grid.name], args.out or DOCS / grid.name, grid.description,
-                         baseline=grid.baseline, pool=args.results)
+                         baseline=grid.baseline, pool=args.results, plot_title=f"grid {grid.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
                               "values (e.g. strategy=fedavg)")
         sub.set_defaults(func=lambda a, kinds=kinds: _write_tables(a.folders, a.out, a.title,
                                                                    baseline=_pairs(a.baseline), **kinds))
+    compare = commands.add_parser("compare", help="configurations against a baseline method, paired by seed: "
+                                                  "compare.md and compare.png")
+    compare.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
+    compare.add_argument("--baseline", nargs="+", default=["fedavg"], metavar="METHOD [KEY=VALUE]",
+                         help="the method to compare with (default fedavg: plain FedAvg; fedgma, gma, fedyogi, ...), "
+                              "then KEY=VALUE pairs where several of its configurations share a setting")
+    compare.add_argument("--out", type=Path, default=Path("compare"), help="where to write (default ./compare)")
+    compare.set_defaults(func=_compare)
     report = commands.add_parser("report", help="the headline table (no grid), or a grid's plots and table, into "
                                                 "docs/results/")
     report.add_argument("grid", nargs="?", default="")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import GRIDS, Grid, load_grid
-from .results import RunResult, load_runs, number_text, round_mean
+from .results import Group, RunResult, load_runs, number_text, round_mean
 from .selection import CRITERIA
 from .statistics import ALPHA, PairedComparison, holm, mean_interval, paired_comparison
 
@@ -153,6 +153,13 @@ def task_rows(task: str, grid: Grid, groups: dict[str, list[RunResult]]) -> list
             rows.append(_row(task, f"{method}, {control} control", group, groups[group], method,
                              groups.get(candidate.variant, []), oracle_group, groups.get(oracle_group, [])))
     return rows
+
+
+def selected_groups(rows: list[Row], groups: dict[str, list[RunResult]]) -> list[Group]:
+    """The runs of each row's training-domain choice, labelled with the row's method (the headline figure); the
+    groups are named by the runs' group, "variant=<selected>" (``_row`` shows it without the prefix)."""
+    chosen = [(row.method, groups.get(f"variant={row.selected}")) for row in rows]
+    return [Group(method, runs) for method, runs in chosen if runs]
 
 
 def with_holm(rows: list[Row]) -> list[Row]:

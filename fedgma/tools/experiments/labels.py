@@ -63,8 +63,25 @@ def method_label(config: dict[str, Any]) -> str:
     return _base(config)
 
 
+def method_family(config: dict[str, Any]) -> str:
+    """The method without its knobs ("FedAvg", "FedGMA", "FedGMA, random-mask control", "GMA over FedAdam"):
+    what a plot's colour stands for, the same in every figure."""
+    name = config["strategy"]
+    if name == "fedgma":
+        control = config.get("fedgma-control", "none")
+        return "FedGMA" if control == "none" else f"FedGMA, {control} control"
+    base = "FedAvg" if name == "fedavgm" and config["server-momentum"] == 0 else NAMES[name]
+    if config["gma"]:
+        return "GMA" if base == "FedAvg" else f"GMA over {base}"
+    return base
+
+
+def setting_label(config: dict[str, Any], differing: list[str]) -> str:
+    """The ``differing`` keys that are not the method's, as "key value" ('' when only the method differs)."""
+    return ", ".join(f"{key} {short_value(config.get(key))}" for key in differing
+                     if key not in METHOD_KEYS and key not in inert_keys(config))
+
+
 def configuration_label(config: dict[str, Any], differing: list[str]) -> str:
     """``method_label`` plus the other ``differing`` keys (not the method's) as "key value"."""
-    others = [f"{key} {short_value(config.get(key))}" for key in differing
-              if key not in METHOD_KEYS and key not in inert_keys(config)]
-    return ", ".join([method_label(config)] + others)
+    return ", ".join(part for part in (method_label(config), setting_label(config, differing)) if part)

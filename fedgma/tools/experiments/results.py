@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgma.settings import DEFAULT_RUN_CONFIG
-from .labels import configuration_label, inert_keys, short_value
+from fedgma.settings import DEFAULT_RUN_CONFIG, ConfigError, current_keys
+from .labels import METHOD_KEYS, configuration_label, inert_keys, method_family, short_value
 from .statistics import paired_comparison
 
-#: Keys that say where a run reads and writes, or which seed it drew: not part of its configuration.
-NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite")
+#: Keys that say where a run reads and writes, which seed it drew, or what it prints and logs to: not part
+#: of its configuration.
+NOT_CONFIGURATION = ("seed", "output-dir", "data-dir", "resume", "overwrite", "tracking", "verbose")
 THRESHOLDS = (0.6, 0.7)
 LAST_ROUNDS = 5  # the "OOD acc, last 5 rounds" column: mean over the last rounds of each run
 IS_BASELINE = "(itself)"  # the ``baseline`` column of a group that is its own baseline
@@ -44,8 +45,8 @@ class RunResult:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run's configuration, keys it does not record filled with today's defaults."""
-        return DEFAULT_RUN_CONFIG | self.report["config"]
+        """The run's configuration under today's key names, keys it does not record filled with today's defaults."""
+        return DEFAULT_RUN_CONFIG | current_keys(self.report["config"])
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
@@ -64,6 +65,12 @@ class RunResult:
 class Group:
     label: str
     runs: list[RunResult]
+    differing: tuple[str, ...] = ()  # the keys in which the groups it was formed with differ
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration the group's runs share (but the seed and paths)."""
+        return self.runs[0].config
 
 
 def load_runs(paths: list[Path], completed_only: bool = True) -> list[RunResult]:
@@ -95,7 +102,8 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
     configs = [members[0].config for members in groups.values()]
     differing = [key for key in configs[0] if key not in NOT_CONFIGURATION
                  and len({json.dumps(c.get(key)) for c in configs}) > 1] if configs else []
-    return [Group(configuration_label(members[0].config, differing), members) for members in groups.values()]
+    return [Group(configuration_label(members[0].config, differing), members, tuple(differing))
+            for members in groups.values()]
 
 
 def rounds_to_reach(run: RunResult, threshold: float, key: str = "ood-accuracy") -> int | None:
@@ -134,7 +142,7 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
     """One table row: mean and std over the group's seeds (and, with ``base``, paired differences)."""
     runs = group.runs
     final = [r.rounds[-1]["ood-accuracy"] for r in runs]
-    best = [max(v for _, v in r.series("ood-accuracy")) for r in runs]
+    best = [best_after_training(r) for r in runs]
     final_id = [r.rounds[-1]["id-accuracy"] for r in runs]
     row: dict[str, Any] = {"configuration": group.label, "n": len(runs),
                            "rounds": max(r.rounds[-1]["round"] for r in runs),
@@ -163,6 +171,13 @@ def summarise(group: Group, base: Group | None = None, base_label: str = "") -> 
     test = paired_comparison(differences, dict.fromkeys(differences, 0.0))  # paired: the differences against 0
     row["delta-ci-low"], row["delta-ci-high"], row["delta-p"] = test.low, test.high, test.p_value
     return row
+
+
+def best_after_training(run: RunResult, key: str = "ood-accuracy") -> float:
+    """The best ``key`` of the rounds that trained (round 0, the untrained model, only if there is no other):
+    a 3-round run's "best" is otherwise the initial model's coin flip."""
+    values = [v for rnd, v in run.series(key) if rnd > 0] or [v for _, v in run.series(key)]
+    return max(values)
 
 
 def round_mean(runs: list[RunResult], key: str) -> float:
@@ -211,7 +226,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies as mean ± std over n seeds)."""
     paired = any(row["baseline"] for row in rows)
-    columns = ["configuration", "n", "final OOD acc", "OOD acc, last 5 rounds", "best OOD acc", "final ID acc",
+    columns = ["configuration", "n", "final OOD acc", "OOD acc, last 5 rounds", "best OOD acc (rounds 1+)",
+               "final ID acc",
                "rounds to 0.6 OOD", "rounds to 0.7 OOD", "mask density", "mask effect", "mean agreement",
                "wall min", "s per round (median)"] + (["final OOD minus baseline, per seed"] if paired else [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -247,3 +263,43 @@ def _paired(row: dict[str, Any]) -> str:
                                                   f" p {row['delta-p']:.2g}")
     return (f"{row['delta-final-ood-mean']:+.4f}{spread} ({row['delta-final-ood-seeds']}){test} "
             f"vs {row['baseline']}")
+
+
+def setting_of(config: dict[str, Any]) -> tuple:
+    """A run config without its method (every method key at its default): what methods are compared under."""
+    return configuration_of(config | {key: DEFAULT_RUN_CONFIG[key] for key in METHOD_KEYS})
+
+
+def compare_rows(groups: list[Group], method: str, narrowing: dict[str, Any]) -> tuple[list[Group], list[dict]]:
+    """The baseline groups (method family ``method``, "fedavg" = plain FedAvg, with the ``narrowing`` values) and
+    one :func:`summarise` row per other group, paired seed by seed with the baseline of its setting; ConfigError
+    naming ``--baseline`` when a setting has several baseline configurations."""
+    bases = [g for g in groups if method_family(g.config).casefold() == method.casefold()
+             and all(g.config.get(key) == value for key, value in narrowing.items())]
+    rows = []
+    for group in groups:
+        if any(group is base for base in bases):
+            continue
+        same = [base for base in bases if setting_of(base.config) == setting_of(group.config)]
+        if len(same) > 1:
+            raise ConfigError(f"--baseline {method}: {len(same)} {method} configurations share the setting of "
+                              f"'{group.label}' ({'; '.join(b.label for b in same)}); name one with KEY=VALUE "
+                              "after the method (e.g. --baseline fedavg server-momentum-lr=0.5)")
+        rows.append(summarise(group, same[0], same[0].label) if same else summarise(group) | {"baseline": NO_BASELINE})
+    return bases, rows
+
+
+def compare_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table: each configuration against its baseline, paired by seed."""
+    lines = ["| configuration | n | final OOD acc | best OOD acc (rounds 1+) | baseline | pairs | final OOD minus "
+             "baseline [95% CI] | p (paired t-test) |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        paired = row["delta-final-ood-seeds"]
+        pairs = len(paired.split()) if paired else 0
+        difference = (f"{row['delta-final-ood-mean']:+.4f} [{number_text(row['delta-ci-low'], '+.4f')}, "
+                      f"{number_text(row['delta-ci-high'], '+.4f')}]" if pairs else "-")
+        baseline = "no run with the same setting" if row["baseline"] == NO_BASELINE else row["baseline"]
+        lines.append(f"| {row['configuration']} | {row['n']} | {row['final-ood-mean']:.4f} | "
+                     f"{row['best-ood-mean']:.4f} | {baseline} | {pairs} | {difference} | "
+                     f"{number_text(row['delta-p'], '.3g')} |")
+    return "\n".join(lines) + "\n"

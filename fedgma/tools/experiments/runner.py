@@ -9,7 +9,8 @@ configuration, seed and federation size equal a completed run of another grid
 ``metrics.json`` and ``metrics.csv`` are copied, with ``reused-from`` naming it;
 runs are deterministic (docs/reliability.md), so the
 copy is what the run would have written. Progress over runs and rounds goes to
-stdout, one line per round.
+stdout, one line per round, and after each run the runs done of the grid's total
+and the time left at the mean pace of the runs made so far.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgma.checkpoint import CHECKPOINT
+from fedgma.console import time_left
 from fedgma.settings import Settings
 
 from ..local_flower import LocalFlower
@@ -97,7 +99,7 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
     try:
         for index, run in enumerate(runs, 1):
             folder = results / grid.name / run.name
-            num_rounds = int(run.config.get("num-rounds", 15))
+            num_rounds = int(run.config.get("num-server-rounds", 15))
             state = run_state(folder, num_rounds)
             tag = f"[run {index}/{len(runs)} {run.name}]"
             if state == COMPLETED:
@@ -120,7 +122,9 @@ def run_grid(grid: Grid, results: Path, data_dir: str = "", only: str = "", app_
                 if state != INTERRUPTED or not (folder / CHECKPOINT).exists():  # done, or nothing to resume
                     break
             outcomes.append(Outcome(run, found, status, time.perf_counter() - start))
-            print(f"{tag} {status} in {outcomes[-1].seconds / 60:.1f} min", flush=True)
+            ran = [o.seconds for o in outcomes if o.seconds > 0]  # not the skipped and copied ones
+            print(f"{tag} {status} in {outcomes[-1].seconds / 60:.1f} min; {index} of {len(runs)} runs done, "
+                  f"{time_left(sum(ran), len(ran), len(runs) - index)} left at this pace", flush=True)
     finally:
         if owned:
             flower.close()

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
@@ -63,12 +64,16 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the mean of ``values`` with its t-based confidence interval."""
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
+    mean, low, high = mean_intervals(np.asarray(values, dtype=float).reshape(-1, 1), confidence)
+    return float(mean[0]), float(low[0]), float(high[0])
+
+
+def mean_intervals(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``values`` (rows: seeds), the mean and its t-based confidence interval (NaN below 2 rows;
+    the mean itself where the rows agree)."""
+    n = values.shape[0]
+    mean = values.mean(axis=0) if n else np.full(values.shape[1], math.nan)
     if n < 2:
-        return mean, math.nan, math.nan
-    spread = stats.sem(values)
-    if spread == 0:
-        return mean, mean, mean
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=spread)
-    return mean, float(low), float(high)
+        return mean, np.full_like(mean, math.nan), np.full_like(mean, math.nan)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * stats.sem(values, axis=0)
+    return mean, mean - half, mean + half
