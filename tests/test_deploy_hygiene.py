@@ -102,7 +102,7 @@ def test_the_run_command_up_prints_is_the_one_the_docs_show_with_valid_keys():
     pairs = dict(pair.split("=", 1) for pair in shlex.split(command.split("--run-config ", 1)[1])[0].split())
     settings = Settings.from_run_config({key: int(value) if value.isdigit() else value.strip("'")
                                          for key, value in pairs.items()})
-    assert settings.num_rounds == EXAMPLE_ROUNDS and settings.min_available_nodes == 2
+    assert settings.num_server_rounds == EXAMPLE_ROUNDS and settings.min_available_nodes == 2
 
 
 def test_a_refused_up_leaves_no_folder_behind(tmp_path):

@@ -206,7 +206,7 @@ def test_deploy_down_mid_run_records_a_stop_and_keeps_the_finished_rounds(deploy
     """`deploy down` once round 1 is recorded, so during round 2: SIGTERM reaches the ServerApp, whose
     metrics.json says it was stopped on purpose (not "failed: SystemExit: 0") and keeps rounds 0 and 1."""
     out = tmp_path / "out"
-    run_until(deployment, REPO, tiny_run(mnist_dir, out, **{"num-rounds": 3}), lambda: 1 in recorded_rounds(out),
+    run_until(deployment, REPO, tiny_run(mnist_dir, out, **{"num-server-rounds": 3}), lambda: 1 in recorded_rounds(out),
               lambda: deploy_main(["down", "--workdir", str(deployment.workdir)]))
     report = json.loads((out / "metrics.json").read_text())
     assert report["status"] == "stopped: by the operator during round 2", report["status"]

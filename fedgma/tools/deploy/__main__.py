@@ -4,7 +4,7 @@ One machine (everything on 127.0.0.1, TLS and SuperNode authentication):
 
     python -m fedgma.tools.deploy up --nodes 2 --data-dir /path/to/mnist
     FLWR_HOME=deploy/run/flwr-home flwr run . fedgma-deploy --stream \
-        --run-config "data-dir='/path/to/mnist' min-available-nodes=2 num-rounds=3"
+        --run-config "data-dir='/path/to/mnist' min-available-nodes=2 num-server-rounds=3"
     python -m fedgma.tools.deploy down
 
 A later ``up`` in the same folder reuses its certificates, keys and SuperLink
@@ -31,7 +31,7 @@ EXAMPLE_ROUNDS = 3
 def run_command(workdir: Path, data_dir: str, nodes: int) -> str:
     """The ``flwr run`` command line for a deployment in ``workdir``, as `up` prints it."""
     return (f"FLWR_HOME={workdir / 'flwr-home'} flwr run . {CONNECTION} --stream "
-            f"--run-config \"data-dir='{data_dir}' min-available-nodes={nodes} num-rounds={EXAMPLE_ROUNDS}\"")
+            f"--run-config \"data-dir='{data_dir}' min-available-nodes={nodes} num-server-rounds={EXAMPLE_ROUNDS}\"")
 
 
 def _deployment(args: argparse.Namespace) -> Deployment:
