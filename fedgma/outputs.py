@@ -24,6 +24,7 @@ import torch
 
 from .machine import machine
 from .safe_files import atomic_write
+from .beside import method_label
 from .settings import ConfigError, Settings, tracking_tools
 from .tracking import Trackers
 
@@ -93,7 +94,8 @@ class RunRecorder:
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
         atomic_write(self.folder / "model.pt", buffer.getvalue())
-        plot_accuracy(self.rows, self.folder / "accuracy.png")
+        plot_accuracy(self.rows, self.folder / "accuracy.png",
+                      f"{method_label(self.report['config'])}, seed {self.report['seed']}: accuracy by round")
         self.set_status(status, model=self.folder / "model.pt")
 
     def end_status(self, problem: BaseException) -> str:

@@ -29,6 +29,7 @@ from .checkpoint import CHECKPOINT, check_model_arrays, check_resumable, load_ch
 from .evaluation import CentralEvaluation
 from .model import build_model
 from .outputs import RunRecorder, resolve_output_dir
+from .beside import draw, next_command, partner_report, summary
 from .registry import build_strategy
 from .settings import ConfigError, Settings
 from .machine import resolve_device
@@ -95,6 +96,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_run_config(context.run_config)
     device = resolve_device(settings.device)
     wait_for_clients(grid, settings.min_available_nodes, settings.round_timeout)
+    partner = partner_report(settings)  # before round 1: a baseline's partner run must exist and match
     recorder, initial, strategy = _start(settings)
     log(INFO, "FedGMA app: strategy %s%s, %d rounds; outputs in %s", settings.strategy,
         " + GMA" if settings.gma else "", settings.num_server_rounds, recorder.folder)
@@ -114,3 +116,11 @@ def main(grid: Grid, context: Context) -> None:
     if untrained is not None:  # Flower marks the run failed, so `flwr list` and the runner see it
         raise RuntimeError(untrained)
     log(INFO, "Run finished; metrics.json, metrics.csv, model.pt and accuracy.png are in %s", recorder.folder)
+    if partner is not None:
+        draw(settings, recorder.rows, partner, recorder.folder / "beside.png")
+        for line in summary(settings, recorder.rows, partner):
+            log(INFO, "%s", line)
+        log(INFO, "Figure: %s", recorder.folder / "beside.png")
+    if next_command(settings):
+        log(INFO, "Next, its baseline on the same seed and data (then both side by side in one figure):\n%s",
+            next_command(settings))

@@ -50,6 +50,11 @@ class Settings:
                                "'' = ./outputs/<time>-<strategy> under the ServerApp's working directory.")
     overwrite: bool = _opt(False, "Let a fresh run replace the records of an earlier run in 'output-dir' (without "
                                   "it, a fresh run into a folder that holds a metrics.json stops before round 1).")
+    compare_with: str = _opt("", "Folder of a finished run with the same seed, data and rounds (a baseline's "
+                                 "partner): the run ends by drawing itself beside it (beside.png) and printing "
+                                 "both final accuracies; '' = none.")
+    baseline_config: str = _opt("", "A run-config file that runs this run's baseline (configs/first-run-baseline"
+                                    ".toml): the run ends by printing the command that runs it; '' = none.")
     resume: bool = _opt(False, "Continue the run in 'output-dir' from its last round checkpoint (rounds done are "
                                "not redone; a larger num-server-rounds extends a completed run).")
     verbose: bool = _opt(False, "Also print Flower's own lines of every round (banner, sampling, reply counts, "
