@@ -11,15 +11,29 @@ numbers (the app's own save and reload).
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedgma import GMA, FedGMA
+
+
+def mnist(data_dir: str, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images (uint8, N x 28 x 28) and labels of MNIST's ``split`` from the IDX files: the
+    local data source that replaces each example's download."""
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+    with gzip.open(Path(data_dir) / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
+    return images, labels
 
 
 def variants(options: dict, gradient: bool) -> dict[str, Callable]:

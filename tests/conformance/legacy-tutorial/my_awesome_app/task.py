@@ -5,15 +5,13 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import gzip
-from pathlib import Path
-
-import numpy as np
 from datasets import Dataset
 from PIL import Image
 from flwr_datasets.partitioner import DirichletPartitioner
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose, Normalize, ToTensor
+
+from my_awesome_app.variants import mnist
 
 
 class Net(nn.Module):
@@ -55,11 +53,7 @@ partitioner = None  # Cache the partitioner (conformance change: local MNIST fil
 
 def local_mnist(data_dir: str, split: str, count: int) -> Dataset:
     """The first ``count`` MNIST images of ``split`` with the columns of the Fashion-MNIST the tutorial loads."""
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
-    with gzip.open(Path(data_dir) / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
+    images, labels = mnist(data_dir, split, count)
     return Dataset.from_dict({"image": [Image.fromarray(i) for i in images], "label": labels.astype(int).tolist()})
 
 

@@ -1,8 +1,5 @@
 """pytorchexample: A Flower / PyTorch app (Flower's quickstart-pytorch task, local data)."""
 
-import gzip
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -13,6 +10,8 @@ from flwr_datasets.partitioner import IidPartitioner
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose, Normalize, ToTensor
+
+from pytorchexample.variants import mnist
 
 
 class Net(nn.Module):
@@ -46,11 +45,7 @@ def build_model(name: str) -> nn.Module:
 
 def mnist_as_cifar(data_dir: str, split: str, count: int) -> Dataset:
     """The first ``count`` MNIST images of ``split`` as 32 x 32 RGB PIL images: the example's columns."""
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
-    with gzip.open(Path(data_dir) / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
+    images, labels = mnist(data_dir, split, count)
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
     return Dataset.from_dict({"img": [Image.fromarray(np.stack([p] * 3, -1)) for p in padded],
                               "label": labels.astype(int).tolist()})
