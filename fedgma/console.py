@@ -26,7 +26,7 @@ STRATEGY_DIR = Path(flwr.serverapp.strategy.__file__).parent
 #: The functions of that loop that log every round (start also logs the "Final results" dump), and the one that
 #: repeats, before the strategy's summary, what the app's own start-up line says (rounds, model size).
 QUIET_FUNCTIONS = frozenset({"start", "configure_train", "configure_evaluate", "aggregate_train",
-                             "aggregate_evaluate", "log_strategy_start_info"})
+                             "aggregate_evaluate", "_check_and_log_replies", "log_strategy_start_info"})
 
 
 class FlowerRoundLines(logging.Filter):

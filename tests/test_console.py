@@ -16,11 +16,12 @@ def record(path, function: str, level: int = logging.INFO) -> logging.LogRecord:
 def test_flower_round_lines_are_dropped_unless_verbose(tmp_path):
     loop = record(STRATEGY_DIR / "strategy.py", "start")  # [ROUND n/N], MetricRecords, "Final results"
     sampled = record(STRATEGY_DIR / "fedavg.py", "configure_train")  # "Sampled 10 nodes" every round
+    received = record(STRATEGY_DIR / "fedavg.py", "_check_and_log_replies")  # "Received 10 results", every round
     kept = [record(STRATEGY_DIR / "fedavg.py", "summary"),  # the strategy's settings, once
             record(STRATEGY_DIR / "strategy.py", "start", logging.WARNING),  # warnings and errors
             record(tmp_path / "fedgma" / "evaluation.py", "__call__")]  # the app's own round line
     with quiet_flower_rounds(verbose=False):
-        assert not FLOWER_LOGGER.filter(loop) and not FLOWER_LOGGER.filter(sampled)
+        assert not any(FLOWER_LOGGER.filter(r) for r in (loop, sampled, received))
         assert all(FLOWER_LOGGER.filter(r) for r in kept)
     assert FLOWER_LOGGER.filter(loop)  # only while the rounds run
     with quiet_flower_rounds(verbose=True):

@@ -20,7 +20,7 @@ that behaviour, so the wrapper warns; per-round work belongs in ``start``'s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import DEBUG, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -72,7 +72,7 @@ class MaskingWrapper(Strategy):
                                "Strategy.start calls them in that order)")
         screened = screen_replies(replies, self._current, self.expects_gradient, weighted_by_key=self.weighted_by_key,
                                   exact_dtypes=False)
-        log(INFO, "%s, round %d: %d replies accepted, %d failed, %d rejected", type(self).__name__, server_round,
+        log(DEBUG, "%s, round %d: %d replies accepted, %d failed, %d rejected", type(self).__name__, server_round,
             len(screened.accepted), screened.failed, screened.rejected)
         return screened, trainable_names(self._current, self.trainable)
 
