@@ -26,6 +26,9 @@ SAME = ("seed", "task", "environments", "partitioner", "classes-per-client", "di
         "lr", "preprocessing")
 
 
+TASKS = {"binary": "binary colored MNIST", "multiclass": "multi-class colored MNIST", "irm": "IRM's colored MNIST"}
+
+
 def method_label(config: dict[str, Any]) -> str:
     """The method of a run config in the papers' words, with the knobs that tell configurations apart."""
     strategy = config.get("strategy", "fedgma")
@@ -67,10 +70,11 @@ def final_ood(rows: list[dict[str, Any]]) -> float:
 def summary(settings: Settings, rows: list[dict[str, Any]], partner: dict[str, Any]) -> list[str]:
     """Two lines: both runs' final OOD accuracy and the difference; what one seed can and cannot say."""
     mine, theirs = method_label(settings.to_run_config()), method_label(partner["config"])
-    difference = final_ood(rows) - final_ood(partner["rounds"])
-    ahead = mine if difference > 0 else theirs if difference < 0 else "neither"
-    return [f"{theirs}: final OOD accuracy {final_ood(partner['rounds']):.3f}; {mine}: {final_ood(rows):.3f} "
-            f"({difference:+.3f}), same seed {settings.seed}, data and {settings.num_server_rounds} rounds.",
+    difference = final_ood(partner["rounds"]) - final_ood(rows)
+    ahead = theirs if difference > 0 else mine if difference < 0 else "neither"
+    return [f"Final OOD accuracy: {theirs} {final_ood(partner['rounds']):.3f}, {mine} {final_ood(rows):.3f}, a "
+            f"difference of {difference:+.3f}; same seed {settings.seed}, data and {settings.num_server_rounds} "
+            "rounds.",
             f"One seed: {ahead} ended higher here. Whether a difference holds over seeds, and whether it comes from "
             "sign agreement, is the headline's question (README, Expected results: 5 seeds, matched controls)."]
 
@@ -90,7 +94,7 @@ def draw(settings: Settings, rows: list[dict[str, Any]], partner: dict[str, Any]
     ax.set_ylabel("OOD test accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{settings.task} colored MNIST, seed {settings.seed}: beside its baseline")
+    ax.set_title(f"{TASKS[settings.task]}, seed {settings.seed}: {method_label(partner['config'])} beside its baseline")
     caption = "\n".join(textwrap.fill(line, 110) for line in summary(settings, rows, partner))
     fig.text(0.01, 0.01, caption, fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.14, 1, 1))

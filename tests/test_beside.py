@@ -37,9 +37,11 @@ def test_the_baseline_is_drawn_beside_its_first_run_and_the_summary_says_who_end
     partner = partner_report(settings)
     mine = rows(0.5, 0.15, 0.16, 0.162)
     lines = summary(settings, mine, partner)
-    assert lines[0].startswith("FedGMA (p 0.8, server lr 0.5): final OOD accuracy 0.234; FedAvg (server lr 0.5): "
-                               "0.162 (-0.072), same seed 10")
+    assert lines[0].startswith("Final OOD accuracy: FedGMA (p 0.8, server lr 0.5) 0.234, FedAvg (server lr 0.5) "
+                               "0.162, a difference of +0.072; same seed 10")
     assert "One seed: FedGMA (p 0.8, server lr 0.5) ended higher here" in lines[1]
+    behind = {**partner, "rounds": rows(0.5, 0.2)}
+    assert "FedAvg (server lr 0.5) ended higher" in summary(settings, rows(0.5, 0.3), behind)[1]
     draw(settings, mine, partner, tmp_path / "beside.png")
     assert Image.open(tmp_path / "beside.png").size[0] > 500
 
@@ -73,4 +75,5 @@ def test_the_first_run_configs_are_one_experiment_apart_by_the_method_only():
     Settings.from_run_config(first), Settings.from_run_config(second)  # both valid
     shared = {k: v for k, v in first.items() if k in second and second[k] == v}
     assert {"seed", "task", "num-server-rounds", "environments"} <= set(shared)
-    assert second["compare-with"] == first["output-dir"] and first["baseline-config"] == "configs/first-run-baseline.toml"
+    assert second["compare-with"] == first["output-dir"]
+    assert first["baseline-config"] == "configs/first-run-baseline.toml"
