@@ -48,7 +48,7 @@ from fedgma.outputs import versions
 from fedgma.settings import Settings
 
 from . import throughput
-from .aggregation import STRATEGIES, time_aggregation
+from .aggregation import measure_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
 
@@ -168,14 +168,7 @@ def _round_times(flower: LocalFlower, args: argparse.Namespace, base: dict[str, 
 
 def _aggregation(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """Server aggregation time per strategy, as ratios to Flower's FedAvg and FedAdam measured beside them."""
-    report["aggregation"] = []
-    for k in (int(k) for k in args.aggregation_k.split(",") if k):
-        progress(f"aggregation, K = {k}")
-        times = {name: min(time_aggregation(name, k, seed) for seed in (0, 1)) for name in STRATEGIES}
-        for name, seconds in times.items():
-            report["aggregation"].append({"k": k, "strategy": name, "seconds": seconds,
-                                          "ratio_to_fedavg": seconds / times["fedavg (Flower)"],
-                                          "ratio_to_fedadam": seconds / times["fedadam (Flower)"]})
+    report["aggregation"] = measure_aggregation([int(k) for k in args.aggregation_k.split(",") if k], progress)
 
 
 def _scaling(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any], out: Path,

@@ -3,11 +3,15 @@
 Flower's own FedAvg and FedAdam (unwrapped, as a user would run them) against
 this project's FedGMA (both directions) and GMA over FedAdam, all on the same
 kind of synthetic replies: the global model plus small random updates,
-``num-examples`` 600 each.
+``num-examples`` 600 each. Part of ``python -m fedgma.tools.bench``; alone (no
+simulation)::
+
+    python -m fedgma.tools.bench.aggregation 10,100,1000
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,3 +71,20 @@ def time_aggregation(name: str, k: int, seed: int = 0) -> float:
     start = time.perf_counter()
     strategy.aggregate_train(1, replies)
     return time.perf_counter() - start
+
+
+def measure_aggregation(ks: list[int], progress: Callable[[str], None] = print) -> list[dict]:
+    """Best-of-two seconds per strategy and K, with the ratios to Flower's FedAvg and FedAdam measured beside."""
+    rows = []
+    for k in ks:
+        progress(f"aggregation, K = {k}")
+        times = {name: min(time_aggregation(name, k, seed) for seed in (0, 1)) for name in STRATEGIES}
+        rows += [{"k": k, "strategy": name, "seconds": seconds, "ratio_to_fedavg": seconds / times["fedavg (Flower)"],
+                  "ratio_to_fedadam": seconds / times["fedadam (Flower)"]} for name, seconds in times.items()]
+    return rows
+
+
+if __name__ == "__main__":
+    for row in measure_aggregation([int(k) for k in (sys.argv[1] if len(sys.argv) > 1 else "10,100,1000").split(",")]):
+        print(f"K {row['k']:>5}  {row['strategy']:<26} {row['seconds']:.4f} s  {row['ratio_to_fedavg']:.2f}x FedAvg  "
+              f"{row['ratio_to_fedadam']:.2f}x FedAdam")
