@@ -223,7 +223,9 @@ def _verdict(row: Row) -> str:
 #: Columns of the full table (docs/results/headline.md), and of the README's one-screen version.
 COLUMNS = ("task", "method", "selected (training-domain val.)", "n", "final OOD acc [95% CI]",
            "oracle: selected, final OOD acc", "OOD AUC", "plateau", "difference [95% CI]", "p", "p (Holm)", "verdict")
-README_COLUMNS = tuple(column for column in COLUMNS if column not in ("OOD AUC", "plateau"))
+#: The README's columns fit its 120-character lines: one table per task, the selected configurations, the
+#: oracle, the raw p, the AUC and the plateau are in the full table.
+README_COLUMNS = ("method", "final OOD acc [95% CI]", "difference [95% CI]", "p (Holm)", "verdict")
 
 
 def _display(row: Row) -> dict[str, str]:
@@ -256,10 +258,12 @@ README_END = "<!-- end of headline -->"
 
 
 def readme_block(headline: Headline) -> str:
-    """The README's one-screen headline: the table's main columns and what is not there yet."""
+    """The README's one-screen headline: per task, the table's main columns, and what is not there yet."""
+    tasks = list(dict.fromkeys(row.task for row in headline.rows))
+    tables = "\n".join(f"**{task}**\n\n" + to_markdown([r for r in headline.rows if r.task == task], README_COLUMNS)
+                       for task in tasks)
     notes = "".join(f"\n- not yet: {line}" for line in headline.waiting)
-    return (f"{README_START}\n{to_markdown(headline.rows, README_COLUMNS)}{notes}{chr(10) if notes else ''}"
-            f"{README_END}")
+    return f"{README_START}\n{tables}{notes}{chr(10) if notes else ''}{README_END}"
 
 
 def with_readme_block(readme: str, block: str) -> str:
