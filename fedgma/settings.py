@@ -221,8 +221,10 @@ class Settings:
                 raise ConfigError(f"Run-config key '{key}' is now '{RENAMED_KEYS[key]}' (Flower's name for it); "
                                   f"write {RENAMED_KEYS[key]}={value!r}.")
             if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
+                close = [TEMPLATE_NAMES[key]] if key in TEMPLATE_NAMES else difflib.get_close_matches(key, fields, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
+                if key in TEMPLATE_NAMES:
+                    hint += f" (Flower's app templates call it {key}; this app's name is older)"
                 raise ConfigError(f"Unknown run-config key '{key}'.{hint} Known keys: {', '.join(sorted(fields))}.")
             values[fields[key].name] = _check(key, value, fields[key])
         settings = cls(**values)
@@ -320,6 +322,9 @@ def tracking_tools(tracking: str) -> tuple[str, ...]:
 #: Keys renamed since runs were first recorded: old name -> today's (Flower's templates call the round count
 #: num-server-rounds). Records and checkpoints written under an old name still read (``current_keys``).
 RENAMED_KEYS = {"num-rounds": "num-server-rounds"}
+#: Keys of Flower's app templates (quickstart-pytorch's pyproject: num-server-rounds, fraction-evaluate,
+#: local-epochs, learning-rate, batch-size; older templates' fraction-fit) that this app names otherwise.
+TEMPLATE_NAMES = {"learning-rate": "lr", "fraction-fit": "fraction-train"}
 
 
 def current_keys(config: dict[str, Any]) -> dict[str, Any]:

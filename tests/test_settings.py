@@ -91,6 +91,7 @@ def test_values_that_would_hang_or_crash_a_run_are_refused_by_name(key, value):
 @pytest.mark.parametrize("text, message", [
     ("num-rounds=3", "'num-rounds' is now 'num-server-rounds' (Flower's name for it); write num-server-rounds=3."),
     ("stratgy='fedavg' seed=1", "Unknown run-config key 'stratgy'. Did you mean 'strategy'?"),
+    ("learning-rate=0.1", "Unknown run-config key 'learning-rate'. Did you mean 'lr'? (Flower's app templates"),
     ("tau=2.0", "'tau' is 2.0; it must be <= 1.0"),
     ("seed=1 data-dir='unclosed", "invalid format"),
 ])
