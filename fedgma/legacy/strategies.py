@@ -46,8 +46,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedgma.strategies.arguments import check_choice, check_fraction
-from fedgma.strategies.composition import CompositionError, check_fedgma_strategy, gma_aggregation, is_robust
+from fedgma.strategies.arguments import check_choice, check_fraction, check_step
+from fedgma.strategies.composition import check_fedgma_strategy, check_weighted_agreement, gma_aggregation
 from fedgma.strategies.masking import (MaskedLayer, apply_mask_to_update, direction_of_means, fedgma_direction, fedgma_masked,
                                       gma_layer, gma_masked, mask_statistics)
 from fedgma.strategies.protocol import APPEND_GRADIENT, PARTITION_ID
@@ -136,9 +136,7 @@ class LegacyGuard(Strategy):
 
     def statistics(self, layers: dict[int, MaskedLayer]) -> dict[str, float]:
         """The round's mask statistics over the masked layers (named by index)."""
-        if not layers:
-            return {}
-        return mask_statistics({str(i): self.current[i] for i in layers}, {str(i): m for i, m in layers.items()})
+        return mask_statistics(self.references, {str(i): m for i, m in layers.items()})
 
     @property
     def trainable_layers(self) -> list[int]:
@@ -245,9 +243,7 @@ class LegacyGMA(LegacyGuard):
     def __init__(self, strategy: Strategy, tau: float = 0.4, mask: str = "soft", weighted_agreement: bool = False,
                  secagg: SecAggPlus | None = None, trainable: Trainable = None, aggregation: str | None = None) -> None:
         self.aggregation = gma_aggregation(strategy, aggregation)
-        if weighted_agreement and is_robust(self.aggregation):
-            raise CompositionError(f"LegacyGMA({type(strategy).__name__}) with weighted_agreement=True is refused: "
-                                   "one client claiming many examples would choose the mask")
+        check_weighted_agreement("LegacyGMA", strategy, self.aggregation, weighted_agreement)
         super().__init__(strategy, secagg, trainable)
         self.tau = check_fraction("LegacyGMA threshold tau", tau)
         self.mask = check_choice("LegacyGMA mask", mask, ("soft", "hard"))
@@ -278,8 +274,7 @@ class LegacyFedGMA(LegacyGuard):
                  weighted_agreement: bool = False, secagg: SecAggPlus | None = None, trainable: Trainable = None,
                  aggregation: str | None = None) -> None:
         check_fedgma_strategy(fedavg, aggregation)
-        if not (np.isfinite(server_lr) and server_lr >= 0):
-            raise ValueError(f"LegacyFedGMA server_lr must be a finite number >= 0, got {server_lr}")
+        check_step("LegacyFedGMA server_lr", server_lr)
         super().__init__(fedavg, secagg, trainable)
         self.p = check_fraction("LegacyFedGMA threshold p", p)
         self.direction = check_choice("LegacyFedGMA direction", direction, ("gradient", "pseudo-gradient"))
@@ -302,9 +297,9 @@ class LegacyFedGMA(LegacyGuard):
             return None, dict(inner or {})
         mean, layers = parameters_to_ndarrays(mean), {}
         agreements = self.secure_agreements(accepted) if self.secagg is not None else None
+        summed = accepted[0][1]  # under SecAgg+: the secure sum's means, gradients and sign sums
         for i in self.trainable_layers:
-            if self.secagg is not None:  # the secure sum's means and sign sums
-                summed = accepted[0][1]
+            if self.secagg is not None:
                 part = direction_of_means(self.current[i], mean[i],
                                           summed[count + i] if self.appends_gradient else None, agreements[i])
             else:

@@ -109,7 +109,10 @@ def check_fedgma_strategy(strategy: Any, declared: str | None = None) -> None:
                       f"returns the weighted mean of the replies, pass aggregation='{WEIGHTED_MEAN}'."))
 
 
-def is_robust(aggregation: str) -> bool:
-    """Whether the aggregation is meant to resist a hostile client (so no single client may choose the mask)."""
-    return aggregation == COORDINATE_WISE
+def check_weighted_agreement(wrapper: str, strategy: Any, aggregation: str, weighted_agreement: bool) -> None:
+    """CompositionError for example-weighted agreement over an aggregation meant to resist a hostile client."""
+    if weighted_agreement and aggregation == COORDINATE_WISE:
+        raise CompositionError(f"{wrapper}({type(strategy).__name__}) with weighted_agreement=True is refused: one "
+                               "client claiming many examples would choose the mask, which the robust aggregator "
+                               "cannot undo; use the unweighted agreement (one vote per client)")
 

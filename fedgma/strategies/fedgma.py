@@ -31,7 +31,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .arguments import check_choice, check_fraction
+from .arguments import check_choice, check_fraction, check_step
 from .composition import check_fedgma_strategy
 from .masking import MaskedLayer, fedgma_direction, fedgma_step, hard_mask, mask_statistics
 from .protocol import GRADIENT, SEND_GRADIENT
@@ -79,11 +79,9 @@ class FedGMA(MaskingWrapper):
                  direction: str = "pseudo-gradient", weighted_agreement: bool = False, trainable: Trainable = None,
                  aggregation: str | None = None) -> None:
         check_fedgma_strategy(strategy, aggregation)
-        if not (np.isfinite(server_lr) and server_lr >= 0):
-            raise ValueError(f"FedGMA server_lr must be a finite number >= 0, got {server_lr}")
         super().__init__(strategy, weighted_agreement, trainable)
         self.p = check_fraction("FedGMA threshold p", p)
-        self.server_lr = server_lr
+        self.server_lr = check_step("FedGMA server_lr", server_lr)
         self.direction = check_choice("FedGMA direction", direction, ("gradient", "pseudo-gradient"))
         self.expects_gradient = direction == "gradient"
 
@@ -119,6 +117,5 @@ class FedGMA(MaskingWrapper):
         steps = self.step_masks(server_round, masks)
         layers = {name: MaskedLayer(fedgma_step(part, steps[name], self.server_lr).astype(mean_arrays[name].dtype),
                                     part.mean_weights, masks[name], part.agreement) for name, part in parts.items()}
-        statistics = mask_statistics({name: self._current[name] for name in names}, layers) if layers else {}
         return (encode(mean_arrays | {name: layer.weights for name, layer in layers.items()}),
-                with_counts(MetricRecord(dict(metrics or {}) | statistics), screened))
+                with_counts(MetricRecord(dict(metrics or {}) | mask_statistics(self._current, layers)), screened))

@@ -30,7 +30,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 
 from .arguments import check_choice, check_fraction
-from .composition import CompositionError, gma_aggregation, is_robust
+from .composition import check_weighted_agreement, gma_aggregation
 from .masking import MaskedLayer, apply_mask_to_update, gma_layer, mask_statistics
 from .protocol import with_records
 from .records import encode
@@ -76,10 +76,7 @@ class GMA(MaskingWrapper):
                  trainable: Trainable = None, aggregation: str | None = None) -> None:
         super().__init__(strategy, weighted_agreement, trainable)
         self.aggregation = gma_aggregation(strategy, aggregation)
-        if weighted_agreement and is_robust(self.aggregation):
-            raise CompositionError(f"GMA({type(strategy).__name__}) with weighted_agreement=True is refused: one "
-                                   "client claiming many examples would choose the mask, which the robust "
-                                   "aggregator cannot undo; use the unweighted agreement (one vote per client)")
+        check_weighted_agreement("GMA", strategy, self.aggregation, weighted_agreement)
         self.tau = check_fraction("GMA threshold tau", tau)
         self.mask = check_choice("GMA mask", mask, ("soft", "hard"))
 
@@ -98,8 +95,7 @@ class GMA(MaskingWrapper):
                                   [r.num_examples for r in accepted], self.tau, self.mask, sign_weights)
                   for name in names}
         arrays, metrics = self.strategy.aggregate_train(server_round, [self._masked(r, layers) for r in accepted])
-        statistics = mask_statistics({name: self._current[name] for name in names}, layers) if layers else {}
-        return arrays, with_counts(MetricRecord(dict(metrics or {}) | statistics), screened)
+        return arrays, with_counts(MetricRecord(dict(metrics or {}) | mask_statistics(self._current, layers)), screened)
 
     def _masked(self, reply: AcceptedReply, layers: dict[str, MaskedLayer]) -> Message:
         """The reply (weights only) with each trainable array replaced by w_t + m * (w_k - w_t)."""

@@ -207,7 +207,11 @@ def mask_statistics(references: Mapping[str, np.ndarray], layers: Mapping[str, M
     """Round diagnostics: the fraction of coordinates fully kept (``mask-density``,
     overall and ``mask-density/<layer>``), the mean mask value (``mask-mean``,
     equal to the density for a hard mask), the mean sign agreement
-    (``mean-agreement``) and :func:`mask_effect` (``mask-effect``)."""
+    (``mean-agreement``) and :func:`mask_effect` (``mask-effect``); none when no layer
+    was masked (a model without trainable arrays). ``references`` may hold more layers
+    than ``layers`` (the model's statistics, which are not masked)."""
+    if not layers:
+        return {}
     masks = {name: layer.mask for name, layer in layers.items()}
     size = sum(m.size for m in masks.values())
     kept = {name: np.count_nonzero(m == 1) for name, m in masks.items()}
