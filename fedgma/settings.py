@@ -125,7 +125,9 @@ class Settings:
                                               "to train sent an accepted reply (always at least one); otherwise "
                                               "the previous model is kept.", low=0.0, high=1.0)
     reproducible_sampling: bool = _opt(True, "With fraction-train or fraction-evaluate below 1, sample the same "
-                                             "clients in every run with one seed: each node is asked for its "
+                                             "clients in every run with one seed: in simulation the nodes are "
+                                             "taken in the order the engine registered them (partition order, "
+                                             "read once, no message); real SuperNodes are each asked for their "
                                              "partition id once, 500 at a time (false: Flower's own sampling, "
                                              "which differs between runs).")
     min_available_nodes: int = _opt(2, "Wait until this many clients are connected before sampling "

@@ -9,6 +9,7 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedgma.strategies.records import encode
@@ -33,9 +34,11 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
-def grid_with(node_ids):
+def grid_with(node_ids, nodes=None):
+    """A Grid of these node ids; ``get_nodes`` lists them as Flower's base Grid does (ids only), or ``nodes``."""
     grid = Mock()
     grid.get_node_ids.return_value = list(node_ids)
+    grid.get_nodes.return_value = [NodeInfo(node_id=node) for node in node_ids] if nodes is None else nodes
     return grid
 
 

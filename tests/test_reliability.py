@@ -1,7 +1,7 @@
 """Runs that survive: same seed, same result; interrupted and resumed equals done in one go.
 
-Through the real simulation engine (``flwr run``, Ray, 3 clients training in
-parallel), for FedGMA and for GMA over FedAdam (whose server moments must
+Through the real simulation engine (``flwr run``, Ray, 6 virtual clients of
+which 3, sampled reproducibly, train in each round), for FedGMA and for GMA over FedAdam (whose server moments must
 survive the interruption).
 """
 
@@ -28,9 +28,14 @@ def rounds_without_timing(folder):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in report["rounds"]]
 
 
+#: Virtual clients of these runs; half of them are sampled each round (reproducible sampling, the default).
+NODES = 6
+
+
 def tiny(mnist_dir, out, **extra):
     return {"data-dir": str(mnist_dir), "num-server-rounds": 4, "max-client-examples": 120, "max-test-examples": 200,
-            "min-available-nodes": 3, "fraction-evaluate": 1.0, "output-dir": str(out), **extra}
+            "min-available-nodes": NODES, "fraction-train": 0.5, "fraction-evaluate": 1.0, "output-dir": str(out),
+            **extra}
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +58,14 @@ def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_p
     seed (its rounds up to the kill must equal the first run's), the resumed one writes the remaining rounds and
     the final model, which must be byte-identical to the first run's."""
     first, interrupted = tmp_path / "first", tmp_path / "interrupted"
-    done = flower.run(REPO, tiny(mnist_dir, first, **strategy), 3)
+    done = flower.run(REPO, tiny(mnist_dir, first, **strategy), NODES)
     assert json.loads((first / "metrics.json").read_text())["status"] == "completed", done.output[-4000:]
+    rounds = rounds_without_timing(first)[1:]
+    assert [row["replies-accepted"] for row in rounds] == [3] * 4  # half of the clients, sampled
+    assert {row["sampling-order"] for row in rounds} == {"simulation registration"}  # no client was asked
 
     # Killed by PID right after round 2 is checkpointed, then resumed.
-    runner = threading.Thread(target=flower.run, args=(REPO, tiny(mnist_dir, interrupted, **strategy), 3))
+    runner = threading.Thread(target=flower.run, args=(REPO, tiny(mnist_dir, interrupted, **strategy), NODES))
     runner.start()
     deadline = time.time() + 300
     while checkpoint_round(interrupted) < 2 and time.time() < deadline and runner.is_alive():
@@ -70,7 +78,7 @@ def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_p
     so_far = rounds_without_timing(interrupted)
     assert len(so_far) > killed_at and so_far == rounds_without_timing(first)[:len(so_far)]  # same seed so far
 
-    done = flower.run(REPO, tiny(mnist_dir, interrupted, resume=True, **strategy), 3)
+    done = flower.run(REPO, tiny(mnist_dir, interrupted, resume=True, **strategy), NODES)
     report = json.loads((interrupted / "metrics.json").read_text())
     assert report["status"] == "completed", done.output[-4000:]
     assert f"Resumed from the checkpoint of round {killed_at}" in done.output

@@ -336,3 +336,46 @@ def test_the_guard_asks_each_node_for_its_partition_once_in_bounded_batches(capl
     assert batches == [QUERY_BATCH, QUERY_BATCH, 200]
     assert len(strategy.partitions) == 1199 and 7 not in strategy.partitions
     assert caplog.text.count("1 of 1200 clients did not report their partition id") == 1
+
+
+def simulated_nodes(node_ids, start_second=0):
+    """NodeInfo as Flower's simulation engine lists its virtual nodes: heartbeats off, registered in this order."""
+    from flwr.common.constant import HEARTBEAT_INTERVAL_INF
+    from flwr.proto.node_pb2 import NodeInfo
+
+    return [NodeInfo(node_id=node, heartbeat_interval=HEARTBEAT_INTERVAL_INF,
+                     registered_at=f"2026-12-06T03:{start_second // 60:02d}:{start_second % 60:02d}.{i:06d}+00:00")
+            for i, node in enumerate(node_ids)]
+
+
+def test_registration_ranks_read_the_simulations_partition_order_and_nothing_else():
+    from flwr.proto.node_pb2 import NodeInfo
+
+    from fedgma.strategies.sampling import registration_ranks
+
+    nodes = simulated_nodes([905, 17, 4242, 3])
+    assert registration_ranks(reversed(nodes)) == {905: 0, 17: 1, 4242: 2, 3: 3}
+    tied = simulated_nodes([1, 2]) + [simulated_nodes([3])[0]]  # node 3 registered in node 1's microsecond
+    assert registration_ranks(tied) is None
+    real = [NodeInfo(node_id=1, heartbeat_interval=30.0, registered_at=nodes[0].registered_at)]
+    assert registration_ranks(nodes[1:] + real) is None  # a real SuperNode: its registration order is chance
+    assert registration_ranks([NodeInfo(node_id=1)]) is None  # Flower's base Grid.get_nodes: ids only
+    assert registration_ranks([]) is None
+
+
+def test_reproducible_sampling_in_simulation_asks_no_client_and_picks_the_same_partitions():
+    """Two runs of one seed whose virtual nodes got different random ids: the same partitions (registration
+    ranks) are sampled every round, and not one QUERY message is sent."""
+    reference, _ = global_and_clients()
+    rng = np.random.default_rng(0)
+    picked = []
+    for _ in range(2):
+        node_ids = [int(n) for n in rng.choice(2**40, size=1000, replace=False)]
+        grid = grid_with(node_ids, simulated_nodes(node_ids))
+        strategy = ReplyGuard(FedAvg(fraction_train=0.01, min_available_nodes=1, min_train_nodes=1), seed=3,
+                              reproducible_sampling=True)
+        rank = {node: i for i, node in enumerate(node_ids)}
+        picked.append([sorted(rank[m.metadata.dst_node_id] for m in
+                              strategy.configure_train(r, encode(reference), ConfigRecord(), grid)) for r in (1, 2)])
+        assert grid.send_and_receive.call_count == 0 and grid.get_nodes.call_count == 1
+    assert picked[0] == picked[1] and len(picked[0][0]) == 10 and picked[0][0] != picked[0][1]

@@ -18,8 +18,11 @@ strategy) in a ReplyGuard, and a Flower user may do the same.
 * **A fixed order.** Replies are aggregated in the order of the partition ids the
   clients report (then node ids), not in arrival order. With
   ``reproducible_sampling`` (off by default) client sampling is also seeded per
-  round, over nodes listed in partition order (:mod:`.sampling`); nodes whose
-  partition is not yet known are asked once with a QUERY message, 500 at a time.
+  round, over nodes listed in a fixed order (:mod:`.sampling`): in Flower's
+  simulation engine the order it registered the virtual nodes in, which is their
+  partition order, read once from ``grid.get_nodes()`` without a message to any
+  client; with real SuperNodes the partition ids they report, each node asked
+  once with a QUERY message, 500 at a time.
 * **Resumption.** ``round_offset`` shifts Flower's round numbers (which restart
   at 1 in every ``Strategy.start``) to the run's true rounds, and
   :meth:`state` / :meth:`restore` carry what the wrapped strategy holds between
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
 from typing import Any
@@ -48,7 +52,7 @@ from .bounds import ReplyBounds
 from .protocol import ASK, CLIENT, NUM_EXAMPLES, PARTITION_ID
 from .records import cast_like, decode
 from .replies import diagnose_api_mismatch, reported_partition, screen_replies
-from .sampling import PartitionOrderedGrid, sampling_from, sampling_seed
+from .sampling import RankedGrid, registration_ranks, sampling_from, sampling_seed
 
 #: How many nodes one QUERY round asks for their partition id.
 QUERY_BATCH = 500
@@ -74,8 +78,9 @@ class ReplyGuard(Strategy):
         Caps on one reply's ``num-examples`` and update norm (:mod:`.bounds`).
     reproducible_sampling : bool (default: False)
         When clients are sampled (``fraction_train`` < 1), pick the same
-        partitions in every run with one seed. Costs one QUERY message to each
-        node whose partition id is not known yet.
+        partitions in every run with one seed. Free in Flower's simulation
+        engine (its registration order is read once); with real SuperNodes it
+        costs one QUERY message to each node whose partition id is not known yet.
     """
 
     def __init__(self, strategy: Strategy, seed: int = 0, min_accepted_fraction: float = 0.0,
@@ -94,6 +99,7 @@ class ReplyGuard(Strategy):
         self._sent = {"train": 0, "evaluate": 0}  # instructions sent this round
         self._connected = 0  # nodes connected when this round was configured
         self._asked: set[int] = set()  # nodes asked for their partition id (each is asked once)
+        self._registered: dict[int, int] | None = None  # node -> registration rank (simulation); {}: none
 
     @property
     def expects_gradient(self) -> bool:
@@ -201,10 +207,9 @@ class ReplyGuard(Strategy):
         configure = getattr(self.strategy, f"configure_{phase}")
         fraction = float(wrapped_attribute(self.strategy, f"fraction_{phase}", 1.0))
         if self.reproducible_sampling and 0.0 < fraction < 1.0:
-            self._learn_partitions(grid)
+            ranks = self._sampling_ranks(grid, server_round)
             with sampling_from(random.Random(sampling_seed(self.seed, server_round, phase))):
-                instructions = list(configure(server_round, arrays, config,
-                                              PartitionOrderedGrid(grid, self.partitions)))
+                instructions = list(configure(server_round, arrays, config, RankedGrid(grid, ranks)))
         else:
             instructions = list(configure(server_round, arrays, config, grid))
         self._sent[phase] = len(instructions)
@@ -224,6 +229,24 @@ class ReplyGuard(Strategy):
         """How reasons name a client: by partition (the same in every run) when known, else by node id."""
         node = message.metadata.src_node_id
         return f"client partition {self.partitions[node]}" if node in self.partitions else f"client node {node}"
+
+    def _sampling_ranks(self, grid: Grid, server_round: int) -> dict[int, int]:
+        """Each node's place in the sampling order: the simulation's registration order where every node has
+        one (read once), else the partition ids the clients report (asking the nodes not known yet). The
+        round's ``notes`` say which ('sampling-order')."""
+        if self._registered is None:
+            started = time.perf_counter()
+            self._registered = registration_ranks(grid.get_nodes()) or {}
+            if self._registered:
+                log(INFO, "Reproducible sampling: %d simulated nodes in registration (partition) order, read in "
+                          "%.2f s; no client was asked.", len(self._registered), time.perf_counter() - started)
+        if self._registered and all(node in self._registered for node in grid.get_node_ids()):
+            order = "simulation registration"
+        else:
+            self._learn_partitions(grid)
+            order = "reported partition ids"
+        self.notes.setdefault(server_round, {})["sampling-order"] = order
+        return self._registered if order == "simulation registration" else self.partitions
 
     def _learn_partitions(self, grid: Grid, timeout: float = 120.0) -> None:
         """Ask every node not asked before for its partition id (QUERY messages), at most ``QUERY_BATCH`` at a

@@ -4,37 +4,63 @@ Flower's strategies sample nodes with ``random.sample`` (in
 ``flwr.serverapp.strategy.strategy_utils.sample_nodes``) from ``grid.get_node_ids()``.
 The simulation engine gives nodes new random ids in every run, so to pick the
 same clients in two runs with one seed, the node list must come in a fixed order
-(by the partition ids the clients report) and the draw must come from a generator
-seeded for the round. :func:`sampling_from` points the sampler's ``random`` at a
-``random.Random`` of the round for the duration of one ``configure_*`` call:
-Python's global generator is neither reseeded nor drawn from.
+and the draw must come from a generator seeded for the round. :func:`sampling_from`
+points the sampler's ``random`` at a ``random.Random`` of the round for the
+duration of one ``configure_*`` call: Python's global generator is neither
+reseeded nor drawn from.
+
+The fixed order is a rank per node (:class:`RankedGrid`). In Flower's simulation
+engine it costs nothing: the engine registers virtual node i (``partition-id`` i)
+i-th (``vce_api._register_nodes`` in Flower 1.39 to 1.42), and ``grid.get_nodes()``
+returns each node's registration time, so :func:`registration_ranks` reads the
+partition order off the node list without a message to any client. Elsewhere (real
+SuperNodes, which register in the order they happen to start) the ranks are the
+partition ids the clients report.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from unittest import mock
 
 import numpy as np
+from flwr.common.constant import HEARTBEAT_INTERVAL_INF
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import strategy_utils
 
 
-class PartitionOrderedGrid:
-    """A Grid whose ``get_node_ids`` lists nodes by partition id, then node id."""
+class RankedGrid:
+    """A Grid whose ``get_node_ids`` lists nodes by rank (nodes without one last), then node id."""
 
-    def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
+    def __init__(self, grid: Grid, ranks: dict[int, int]) -> None:
         self._grid = grid
-        self._partitions = partitions
+        self._ranks = ranks
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partitions.get(node, float("inf")), node))
+        return sorted(self._grid.get_node_ids(), key=lambda node: (self._ranks.get(node, float("inf")), node))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def registration_ranks(nodes: Iterable[Any]) -> dict[int, int] | None:
+    """Node id -> position in the order Flower's simulation engine registered the nodes, which is their
+    partition-id order; None unless every node is a simulated one (heartbeats switched off, Flower's
+    ``HEARTBEAT_INTERVAL_INF``) with a registration time no other node shares. A grid that lists nodes
+    without these fields (Flower's base ``Grid.get_nodes``) gives None."""
+    nodes = list(nodes)
+    if not nodes or any(getattr(node, "heartbeat_interval", None) != HEARTBEAT_INTERVAL_INF
+                        or not getattr(node, "registered_at", "") for node in nodes):
+        return None
+    times = [datetime.fromisoformat(node.registered_at) for node in nodes]
+    if len(set(times)) < len(times):
+        return None
+    order = sorted(range(len(nodes)), key=times.__getitem__)
+    return {nodes[index].node_id: rank for rank, index in enumerate(order)}
 
 
 def sampling_seed(seed: int, server_round: int, phase: str) -> int:
