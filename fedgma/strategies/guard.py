@@ -34,7 +34,6 @@ strategy) in a ReplyGuard, and a Flower user may do the same.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Iterable
@@ -143,7 +142,7 @@ class ReplyGuard(Strategy):
                        f"{needed} needed" + (f" (min-accepted-fraction {self.min_accepted_fraction})"
                                              if self.min_accepted_fraction else ""))
         else:
-            before = copy.deepcopy(strategy_state(self.strategy))
+            before = strategy_state(self.strategy)  # references, no copy: see _roll_back
             arrays, metrics = self.strategy.aggregate_train(server_round, [r.message for r in accepted])
             if arrays is None:
                 outcome = "kept the previous model: the wrapped strategy returned no model"
@@ -155,7 +154,7 @@ class ReplyGuard(Strategy):
             else:
                 arrays = cast_like(arrays, self._current)
             if arrays is None:
-                restore_strategy_state(self.strategy, before)
+                self._roll_back(before)
         if arrays is None:
             log(WARNING, "Round %d: %s (%s).", server_round, outcome, screened.counts())
         diagnosis = diagnose_api_mismatch(screened)
@@ -167,6 +166,20 @@ class ReplyGuard(Strategy):
         self.train_metrics[server_round] = metrics
         self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons + clipped})
         return arrays, metrics
+
+    def _roll_back(self, before: dict[str, Any]) -> None:
+        """Point the wrapped strategy's attributes back at the objects they held before this round's aggregation.
+
+        The snapshot holds references, not copies: Flower's strategies rebind their state each round
+        (``self.m_t = {...}``, ``self.current_arrays = ...``) rather than editing it in place, so the objects of
+        the previous round are intact and copying the whole state (FedAdam's moments: three model-sized
+        arrays) every round only to throw it away is avoided. A strategy that edits its state in place cannot
+        be rolled back this way; if its restored state is still not finite, that is said, not hidden."""
+        restore_strategy_state(self.strategy, before)
+        if not all_finite(strategy_state(self.strategy)):
+            log(ERROR, "%s edited its state in place and it is not finite; ReplyGuard restores attributes, not "
+                       "their contents, so the non-finite state stays. Rebind state attributes in "
+                       "aggregate_train (self.x = new) instead of editing them.", type(self.strategy).__name__)
 
     def untrained(self) -> str | None:
         """Why the model never changed, if no round of this start aggregated a reply (None otherwise): every
@@ -272,8 +285,10 @@ class ReplyGuard(Strategy):
     # --- checkpoints ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """What must survive an interruption: the wrapped strategy's attributes (its moments,
-        momentum, current arrays, ...; see :func:`strategy_state`) and the node-to-partition map."""
-        return copy.deepcopy({"strategy": strategy_state(self.strategy), "partitions": self.partitions})
+        momentum, current arrays, ...; see :func:`strategy_state`) and the node-to-partition map. The
+        arrays are the strategy's own objects, not copies (a checkpoint writes them at once; Flower's
+        strategies rebind rather than edit them, see :meth:`_roll_back`)."""
+        return {"strategy": strategy_state(self.strategy), "partitions": dict(self.partitions)}
 
     def restore(self, state: dict[str, Any], round_offset: int) -> None:
         """Continue after ``round_offset`` finished rounds with a :meth:`state` taken then. A state that does
