@@ -43,8 +43,11 @@ arrays = st.builds(lambda shape, fill, dtype: np.full(shape, fill, dtype=dtype),
                    st.sampled_from([np.float32, np.float64, np.float16, np.int32]))
 examples = st.one_of(st.integers(min_value=-5, max_value=10**15), st.floats(allow_nan=True, allow_infinity=True),
                      st.booleans(), st.text(max_size=3))
+#: Any metric name but the parameter names of the tests' reply() helper, which takes the metrics as keywords.
+metric_names = st.text(max_size=8).filter(lambda name: name not in ("instruction", "weights", "num_examples",
+                                                                     "gradient"))
 replies = st.lists(st.tuples(st.dictionaries(st.sampled_from(["w", "b", "x"]), arrays, min_size=1, max_size=3),
-                             examples, st.dictionaries(st.text(max_size=8), st.floats(), max_size=3)),
+                             examples, st.dictionaries(metric_names, st.floats(), max_size=3)),
                    min_size=1, max_size=4)
 
 
