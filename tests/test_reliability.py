@@ -63,6 +63,7 @@ def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_p
     rounds = rounds_without_timing(first)[1:]
     assert [row["replies-accepted"] for row in rounds] == [3] * 4  # half of the clients, sampled
     assert {row["sampling-order"] for row in rounds} == {"simulation registration"}  # no client was asked
+    assert {row["aggregation"] for row in rounds} == {"running sums"}  # each reply folded in as it came
 
     # Killed by PID right after round 2 is checkpointed, then resumed.
     runner = threading.Thread(target=flower.run, args=(REPO, tiny(mnist_dir, interrupted, **strategy), NODES))
@@ -90,15 +91,15 @@ def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_p
 def test_resume_refuses_another_configuration_and_extends_a_finished_run(flower, mnist_dir, tmp_path):
     out = tmp_path / "run"
     config = tiny(mnist_dir, out, **{"num-server-rounds": 1, "fraction-evaluate": 0.0})
-    assert json.loads((flower.run(REPO, config, 3).output and (out / "metrics.json")).read_text())["status"] \
+    assert json.loads((flower.run(REPO, config, NODES).output and (out / "metrics.json")).read_text())["status"] \
         == "completed"
-    flower.run(REPO, config | {"resume": True, "lr": 0.01, "p": 0.5}, 3)
+    flower.run(REPO, config | {"resume": True, "lr": 0.01, "p": 0.5}, NODES)
     latest = flower.runs()[0]
     assert latest["status"] == "finished:failed"
     assert "Cannot resume: the run config differs from the checkpoint's in 'lr'" in latest["status-details"]
     assert "'p': checkpoint 0.7, now 0.5" in latest["status-details"]
 
-    done = flower.run(REPO, config | {"resume": True, "num-server-rounds": 2}, 3)  # extend a completed run
+    done = flower.run(REPO, config | {"resume": True, "num-server-rounds": 2}, NODES)  # extend a completed run
     report = json.loads((out / "metrics.json").read_text())
     assert report["status"] == "completed", done.output[-4000:]
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
