@@ -9,6 +9,7 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import HEARTBEAT_INTERVAL_INF
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -32,6 +33,12 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     yield
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def simulated_nodes(node_ids):
+    """NodeInfo as Flower's simulation engine lists its virtual nodes: heartbeats off, registered in this order."""
+    return [NodeInfo(node_id=node, heartbeat_interval=HEARTBEAT_INTERVAL_INF,
+                     registered_at=f"2026-12-06T03:00:00.{i:06d}+00:00") for i, node in enumerate(node_ids)]
 
 
 def grid_with(node_ids, nodes=None):

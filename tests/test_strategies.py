@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import error_reply, grid_with, layers, reply, send
+from conftest import error_reply, grid_with, layers, reply, send, simulated_nodes
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
@@ -336,16 +336,6 @@ def test_the_guard_asks_each_node_for_its_partition_once_in_bounded_batches(capl
     assert batches == [QUERY_BATCH, QUERY_BATCH, 200]
     assert len(strategy.partitions) == 1199 and 7 not in strategy.partitions
     assert caplog.text.count("1 of 1200 clients did not report their partition id") == 1
-
-
-def simulated_nodes(node_ids, start_second=0):
-    """NodeInfo as Flower's simulation engine lists its virtual nodes: heartbeats off, registered in this order."""
-    from flwr.common.constant import HEARTBEAT_INTERVAL_INF
-    from flwr.proto.node_pb2 import NodeInfo
-
-    return [NodeInfo(node_id=node, heartbeat_interval=HEARTBEAT_INTERVAL_INF,
-                     registered_at=f"2026-12-06T03:{start_second // 60:02d}:{start_second % 60:02d}.{i:06d}+00:00")
-            for i, node in enumerate(node_ids)]
 
 
 def test_registration_ranks_read_the_simulations_partition_order_and_nothing_else():

@@ -33,10 +33,14 @@ from flwr.serverapp.strategy import Strategy
 
 from .arguments import check_choice, check_fraction, check_step
 from .composition import check_fedgma_strategy
-from .masking import MaskedLayer, fedgma_direction, fedgma_step, hard_mask, mask_statistics
+from .folding import MeanFold, mean_fold_of
+from .masking import (FedGMADirection, MaskedLayer, direction_of_means, fedgma_direction, fedgma_step, hard_mask,
+                      mask_statistics)
 from .protocol import GRADIENT, SEND_GRADIENT
 from .records import decode, encode
-from .trainable import Trainable
+from .replies import AcceptedReply
+from .sums import SignSums, WeightedSums
+from .trainable import Trainable, trainable_names
 from .wrapper import MaskingWrapper, with_counts
 
 
@@ -113,9 +117,53 @@ class FedGMA(MaskingWrapper):
                                         [r.arrays[GRADIENT][name] for r in accepted] if self.expects_gradient else None,
                                         self.sign_weights(accepted), mean_weights=mean_arrays[name])
                  for name in names}
+        arrays, metrics = self.step(server_round, mean_arrays, metrics, parts)
+        return arrays, with_counts(metrics, screened)
+
+    def step(self, server_round: int, mean_arrays: dict[str, np.ndarray], metrics: MetricRecord | None,
+             parts: dict[str, FedGMADirection]) -> tuple[ArrayRecord, MetricRecord]:
+        """w_bar with the masked step taken on each layer of ``parts``, and the round's metrics with the mask's."""
         masks = {name: hard_mask(part.agreement, self.p) for name, part in parts.items()}
         steps = self.step_masks(server_round, masks)
         layers = {name: MaskedLayer(fedgma_step(part, steps[name], self.server_lr).astype(mean_arrays[name].dtype),
                                     part.mean_weights, masks[name], part.agreement) for name, part in parts.items()}
         return (encode(mean_arrays | {name: layer.weights for name, layer in layers.items()}),
-                with_counts(MetricRecord(dict(metrics or {}) | mask_statistics(self._current, layers)), screened))
+                MetricRecord(dict(metrics or {}) | mask_statistics(self._current, layers)))
+
+    def fold(self) -> FedGMAFold | None:
+        """This round's aggregation from running sums (:mod:`.folding`) when the wrapped strategy's w_bar can be
+        folded (Flower's FedAvg or FedProx with its own metric aggregation)."""
+        base = mean_fold_of(self.strategy)
+        return None if base is None else FedGMAFold(self, base)
+
+
+class FedGMAFold:
+    """FedGMA from running sums: w_bar (the wrapped FedAvg's :class:`~.folding.MeanFold`), the sign sums of the
+    masked direction (g_k, or w_k - w_t) and, for the gradient direction, the weighted sum of the g_k."""
+
+    def __init__(self, fedgma: FedGMA, base: MeanFold) -> None:
+        self.fedgma, self.base = fedgma, base
+        self.names = trainable_names(fedgma._current, fedgma.trainable)
+        self.signs = SignSums(weighted=fedgma.weighted_agreement)
+        self.gradients = WeightedSums() if fedgma.expects_gradient else None
+
+    def add(self, reply: AcceptedReply) -> None:
+        self.base.add(reply)
+        if self.gradients is None:
+            self.signs.add({name: reply.weights[name] for name in self.names}, reply.num_examples,
+                           reference=self.fedgma._current)
+            return
+        gradient = {name: reply.arrays[GRADIENT][name] for name in self.names}
+        self.gradients.add(gradient, reply.num_examples)
+        self.signs.add(gradient, reply.num_examples)
+
+    def result(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        mean, metrics = self.base.result(server_round)
+        if mean is None:
+            return None, metrics
+        mean_arrays, agreement = decode(mean), self.signs.agreement()
+        gradient = self.gradients.mean() if self.gradients is not None else None
+        parts = {name: direction_of_means(self.fedgma._current[name], mean_arrays[name],
+                                          None if gradient is None else gradient[name], agreement[name])
+                 for name in self.names}
+        return self.fedgma.step(server_round, mean_arrays, metrics, parts)

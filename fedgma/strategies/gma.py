@@ -30,12 +30,14 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 
 from .arguments import check_choice, check_fraction
-from .composition import check_weighted_agreement, gma_aggregation
-from .masking import MaskedLayer, apply_mask_to_update, gma_layer, mask_statistics
+from .composition import WEIGHTED_MEAN, check_weighted_agreement, gma_aggregation
+from .folding import MeanFold, mean_fold_of
+from .masking import MaskedLayer, apply_mask_to_update, gma_layer, gma_masked, mask_statistics
 from .protocol import with_records
 from .records import encode
 from .replies import AcceptedReply
-from .trainable import Trainable
+from .sums import SignSums
+from .trainable import Trainable, trainable_names
 from .wrapper import MaskingWrapper, with_counts
 
 
@@ -97,8 +99,37 @@ class GMA(MaskingWrapper):
         arrays, metrics = self.strategy.aggregate_train(server_round, [self._masked(r, layers) for r in accepted])
         return arrays, with_counts(MetricRecord(dict(metrics or {}) | mask_statistics(self._current, layers)), screened)
 
+    def fold(self) -> GMAFold | None:
+        """This round's aggregation from running sums (:mod:`.folding`), over a weighted mean only: a
+        coordinate-wise aggregator needs every masked reply."""
+        base = mean_fold_of(self.strategy) if self.aggregation == WEIGHTED_MEAN else None
+        return None if base is None else GMAFold(self, base)
+
     def _masked(self, reply: AcceptedReply, layers: dict[str, MaskedLayer]) -> Message:
         """The reply (weights only) with each trainable array replaced by w_t + m * (w_k - w_t)."""
         weights = {name: apply_mask_to_update(self._current[name], array, layers[name].mask) if name in layers
                    else array for name, array in reply.weights.items()}
         return with_records(self.weights_only(reply), {reply.weights_key: encode(weights)})
+
+
+class GMAFold:
+    """GMA over a weighted mean from running sums: the weighted sum of the clients' weights (the wrapped
+    strategy's :class:`~.folding.MeanFold`) and the sign sums of their updates w_k - w_t; at the end
+    w_t + m * (w_bar - w_t), which is what averaging the masked replies gives, because m is shared."""
+
+    def __init__(self, gma: GMA, base: MeanFold) -> None:
+        self.gma, self.base = gma, base
+        self.names = trainable_names(gma._current, gma.trainable)
+        self.signs = SignSums(weighted=gma.weighted_agreement)
+
+    def add(self, reply: AcceptedReply) -> None:
+        self.base.add(reply)
+        self.signs.add({name: reply.weights[name] for name in self.names}, reply.num_examples,
+                       reference=self.gma._current)
+
+    def result(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current, mean, agreement = self.gma._current, self.base.mean(), self.signs.agreement()
+        layers = {name: gma_masked(current[name], mean[name], agreement[name], self.gma.tau, self.gma.mask)
+                  for name in self.names}
+        arrays, metrics = self.base.finish(server_round, mean | {name: layer.weights for name, layer in layers.items()})
+        return arrays, MetricRecord(dict(metrics or {}) | mask_statistics(current, layers))

@@ -23,6 +23,16 @@ strategy) in a ReplyGuard, and a Flower user may do the same.
   partition order, read once from ``grid.get_nodes()`` without a message to any
   client; with real SuperNodes the partition ids they report, each node asked
   once with a QUERY message, 500 at a time.
+* **Running sums.** Where the wrapped strategy's aggregate is a sum (Flower's
+  FedAvg family with its own metric aggregation, and FedGMA and GMA over it:
+  :mod:`.folding`) and every sampled node's place in the order is known, each
+  accepted reply is folded into running sums as it arrives and dropped, in
+  partition order (a reply that comes early waits for the ones before it), so
+  the server's memory does not grow with the clients per round; :meth:`start`
+  runs Flower's round loop over a :class:`~.streaming.StreamingGrid` that hands
+  replies over as they come. Otherwise (median, Krum, a callback of the
+  user's, real SuperNodes in round 1) every reply is held until the round ends,
+  as in Flower. Each round's notes say which ('aggregation').
 * **Resumption.** ``round_offset`` shifts Flower's round numbers (which restart
   at 1 in every ``Strategy.start``) to the run's true rounds, and
   :meth:`state` / :meth:`restore` carry what the wrapped strategy holds between
@@ -49,9 +59,12 @@ from flwr.serverapp.strategy import Strategy
 from .arguments import check_fraction
 from .bounds import ReplyBounds
 from .protocol import ASK, CLIENT, NUM_EXAMPLES, PARTITION_ID
+from .folding import TrainFold, fold_for
 from .records import cast_like, decode
-from .replies import diagnose_api_mismatch, reported_partition, screen_replies
+from .replies import (ScreenedReplies, diagnose_api_mismatch, metric_names, names_differ,
+                      reported_partition, screen_one, screen_replies)
 from .sampling import RankedGrid, registration_ranks, sampling_from, sampling_seed
+from .streaming import StreamingGrid
 
 #: How many nodes one QUERY round asks for their partition id.
 QUERY_BATCH = 500
@@ -99,6 +112,7 @@ class ReplyGuard(Strategy):
         self._connected = 0  # nodes connected when this round was configured
         self._asked: set[int] = set()  # nodes asked for their partition id (each is asked once)
         self._registered: dict[int, int] | None = None  # node -> registration rank (simulation); {}: none
+        self._fold_order: list[int] | None = None  # this round's sampled nodes in partition order, if known
 
     @property
     def expects_gradient(self) -> bool:
@@ -117,33 +131,47 @@ class ReplyGuard(Strategy):
             f"; sampling seeded from seed {self.seed}" if self.reproducible_sampling else "")
         self.strategy.summary()
 
+    # --- the round loop ---------------------------------------------------------------
+    def start(self, grid: Grid, *args: Any, **kwargs: Any) -> Any:
+        """Flower's own round loop (``Strategy.start``, same arguments and result) over a grid that hands each
+        reply over as it arrives (:class:`~.streaming.StreamingGrid`), so that ``aggregate_train`` can fold
+        replies into running sums instead of receiving them all at once."""
+        return super().start(StreamingGrid(grid), *args, **kwargs)
+
     # --- train ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self._current = decode(arrays)
         self._connected = len(list(grid.get_node_ids()))
-        return self._configure("train", server_round, arrays, config, grid)
+        instructions = self._configure("train", server_round, arrays, config, grid)
+        ranks = self._registration(grid) or self.partitions
+        nodes = [message.metadata.dst_node_id for message in instructions]
+        self._fold_order = sorted(nodes, key=ranks.__getitem__) if all(node in ranks for node in nodes) else None
+        return instructions
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        screened = screen_replies(self._in_partition_order(replies), self._current, self.expects_gradient,
-                                  self._client_label, self.weighted_by_key)
-        missing = self._sent["train"] - len(screened.accepted) - screened.failed - screened.rejected
+        fold = fold_for(self.strategy) if self._fold_order is not None else None
+        if fold is None:
+            screened, clipped, aggregate = self._held(replies)
+        else:
+            screened, clipped, aggregate = self._folded(replies, fold)
+        self.notes.setdefault(server_round, {})["aggregation"] = ("running sums" if fold is not None
+                                                                  else "every reply held")
+        missing = self._sent["train"] - screened.num_accepted - screened.failed - screened.rejected
         for _ in range(max(0, missing)):
             screened.fail("a client did not reply before the round timeout")
-        accepted, clipped = self.bounds.apply(screened.accepted, self._current, self._client_label,
-                                              self.weighted_by_key)
         arrays, metrics, outcome = None, None, "aggregated"
         needed = max(1, int(np.ceil(self.min_accepted_fraction * self._sent["train"] - 1e-9)))
-        if len(accepted) < needed:
-            outcome = (f"kept the previous model: {len(accepted)} of {self._sent['train']} replies accepted, "
-                       f"{needed} needed" + (f" (min-accepted-fraction {self.min_accepted_fraction})"
-                                             if self.min_accepted_fraction else ""))
+        if screened.num_accepted < needed:
+            outcome = (f"kept the previous model: {screened.num_accepted} of {self._sent['train']} replies "
+                       f"accepted, {needed} needed" + (f" (min-accepted-fraction {self.min_accepted_fraction})"
+                                                       if self.min_accepted_fraction else ""))
         else:
             before = strategy_state(self.strategy)  # references, no copy: see _roll_back
-            arrays, metrics = self.strategy.aggregate_train(server_round, [r.message for r in accepted])
+            arrays, metrics = aggregate(server_round)
             if arrays is None:
                 outcome = "kept the previous model: the wrapped strategy returned no model"
             elif not all(np.isfinite(a).all() for a in decode(arrays).values()):
@@ -166,6 +194,67 @@ class ReplyGuard(Strategy):
         self.train_metrics[server_round] = metrics
         self.notes.setdefault(server_round, {}).update({"outcome": outcome, "reasons": screened.reasons + clipped})
         return arrays, metrics
+
+    def _held(self, replies: Iterable[Message]) -> tuple[ScreenedReplies, list[str], Any]:
+        """Every reply at once, in partition order: screened, bounded, and the wrapped strategy's aggregation."""
+        screened = screen_replies(self._in_partition_order(replies), self._current, self.expects_gradient,
+                                  self._client_label, self.weighted_by_key)
+        screened.accepted, clipped = self.bounds.apply(screened.accepted, self._current, self._client_label,
+                                                       self.weighted_by_key)
+        accepted = [reply.message for reply in screened.accepted]
+        return screened, clipped, lambda server_round: self.strategy.aggregate_train(server_round, accepted)
+
+    def _folded(self, replies: Iterable[Message], fold: TrainFold) -> tuple[ScreenedReplies, list[str], Any]:
+        """Each reply screened, bounded and folded into running sums as soon as the replies of the nodes before
+        it in partition order have been (``_fold_order``); only replies that came early are held meanwhile.
+
+        Replies whose metric names differ from the others' are refused as :func:`.replies.screen_replies`
+        refuses them: each set of names gets running sums of its own (one, unless clients disagree), and the
+        set most replies have wins, ties to the one seen first in partition order."""
+        screened, clipped = ScreenedReplies(), []
+        groups: dict[frozenset[str], tuple[TrainFold, list[str]]] = {}
+
+        def take(message: Message) -> None:
+            reply = screen_one(message, screened, self._current, self.expects_gradient, self._client_label,
+                               self.weighted_by_key)
+            if reply is None:
+                return
+            [reply], notes = self.bounds.apply([reply], self._current, self._client_label, self.weighted_by_key)
+            clipped.extend(notes)
+            names = metric_names(reply.message)
+            if names not in groups:
+                groups[names] = (fold if not groups else fold_for(self.strategy), [])
+            groups[names][0].add(reply)
+            groups[names][1].append(self._client_label(reply.message))
+
+        position = {node: index for index, node in enumerate(self._fold_order or [])}
+        early: dict[int, Message] = {}
+        strays: list[Message] = []  # replies from nodes this round did not ask (a caller's own list)
+        next_up = 0
+        for message in replies:
+            self._note_partition(message)
+            index = position.get(message.metadata.src_node_id)
+            if index is None:
+                strays.append(message)
+            else:
+                early[index] = message
+            del message  # the loop variable would hold the last reply while the next one is awaited
+            while next_up in early:
+                take(early.pop(next_up))
+                next_up += 1
+        for index in sorted(early):  # the nodes before them never replied
+            take(early.pop(index))
+        for message in self._in_partition_order(strays):
+            take(message)
+        if not groups:
+            return screened, clipped, lambda server_round: (None, None)
+        usual = max(groups, key=lambda names: len(groups[names][1]))
+        for names, (_, clients) in groups.items():
+            if names != usual:
+                for client in clients:
+                    screened.reject(names_differ(client, names, usual))
+        screened.folded = len(groups[usual][1])
+        return screened, clipped, groups[usual][0].result
 
     def _roll_back(self, before: dict[str, Any]) -> None:
         """Point the wrapped strategy's attributes back at the objects they held before this round's aggregation.
@@ -232,28 +321,35 @@ class ReplyGuard(Strategy):
         """Replies sorted by reported partition id, then node id (arrival order must not matter)."""
         replies = list(replies)
         for message in replies:
-            partition = reported_partition(message)
-            if partition is not None:
-                self.partitions[message.metadata.src_node_id] = partition
+            self._note_partition(message)
         return sorted(replies, key=lambda m: (self.partitions.get(m.metadata.src_node_id, float("inf")),
                                               m.metadata.src_node_id))
+
+    def _note_partition(self, message: Message) -> None:
+        partition = reported_partition(message)
+        if partition is not None:
+            self.partitions[message.metadata.src_node_id] = partition
 
     def _client_label(self, message: Message) -> str:
         """How reasons name a client: by partition (the same in every run) when known, else by node id."""
         node = message.metadata.src_node_id
         return f"client partition {self.partitions[node]}" if node in self.partitions else f"client node {node}"
 
-    def _sampling_ranks(self, grid: Grid, server_round: int) -> dict[int, int]:
-        """Each node's place in the sampling order: the simulation's registration order where every node has
-        one (read once), else the partition ids the clients report (asking the nodes not known yet). The
-        round's ``notes`` say which ('sampling-order')."""
+    def _registration(self, grid: Grid) -> dict[int, int]:
+        """Node -> rank in the simulation engine's registration (partition) order, read once; {} outside it."""
         if self._registered is None:
             started = time.perf_counter()
             self._registered = registration_ranks(grid.get_nodes()) or {}
             if self._registered:
-                log(INFO, "Reproducible sampling: %d simulated nodes in registration (partition) order, read in "
-                          "%.2f s; no client was asked.", len(self._registered), time.perf_counter() - started)
-        if self._registered and all(node in self._registered for node in grid.get_node_ids()):
+                log(INFO, "%d simulated nodes in registration (partition) order, read in %.2f s; no client was "
+                          "asked.", len(self._registered), time.perf_counter() - started)
+        return self._registered
+
+    def _sampling_ranks(self, grid: Grid, server_round: int) -> dict[int, int]:
+        """Each node's place in the sampling order: the simulation's registration order where every node has
+        one (read once), else the partition ids the clients report (asking the nodes not known yet). The
+        round's ``notes`` say which ('sampling-order')."""
+        if self._registration(grid) and all(node in self._registered for node in grid.get_node_ids()):
             order = "simulation registration"
         else:
             self._learn_partitions(grid)

@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .sums import SignSums
+
 
 def sign_agreement(arrays: Iterable[np.ndarray], weights: Sequence[float] | None = None,
                    reference: np.ndarray | None = None) -> np.ndarray:
@@ -35,28 +37,13 @@ def sign_agreement(arrays: Iterable[np.ndarray], weights: Sequence[float] | None
     the unweighted form of the papers: signs are counted exactly in int32;
     otherwise client k's sign counts with weight ``weights[k]``.
     """
-    counts = positive = negative = None
-    weight_sum = 0.0
-    pivot = 0 if reference is None else reference
+    sums = SignSums(weighted=weights is not None)
+    pivot = None if reference is None else {"": reference}
     for k, array in enumerate(arrays):
-        if counts is None:
-            counts = np.zeros(array.shape, dtype=np.int32 if weights is None else np.float64)
-            positive, negative = np.empty(array.shape, dtype=bool), np.empty(array.shape, dtype=bool)
-        np.greater(array, pivot, out=positive)
-        np.less(array, pivot, out=negative)
-        if weights is None:
-            counts += positive
-            counts -= negative
-            weight_sum += 1.0
-        else:
-            weight = float(weights[k])
-            counts += weight * (positive.astype(np.float64) - negative)
-            weight_sum += weight
-    if counts is None:
+        sums.add({"": array}, 1.0 if weights is None else float(weights[k]), pivot)
+    if not sums.counts:
         raise ValueError("sign_agreement needs at least one client array")
-    if weight_sum <= 0:
-        raise ValueError(f"client weights must sum to a positive number, got {weight_sum}")
-    return np.abs(counts, dtype=np.float64) / weight_sum
+    return sums.agreement()[""]
 
 
 def hard_mask(agreement: np.ndarray, threshold: float) -> np.ndarray:

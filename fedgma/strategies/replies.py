@@ -56,9 +56,14 @@ class ScreenedReplies:
     failed: int = 0
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)  # one line per failed or rejected reply
+    folded: int = 0  # accepted replies already folded into running sums and dropped (:mod:`.folding`)
+
+    @property
+    def num_accepted(self) -> int:
+        return len(self.accepted) + self.folded
 
     def counts(self, prefix: str = "replies") -> dict[str, int]:
-        return {f"{prefix}-accepted": len(self.accepted), f"{prefix}-failed": self.failed,
+        return {f"{prefix}-accepted": self.num_accepted, f"{prefix}-failed": self.failed,
                 f"{prefix}-rejected": self.rejected}
 
     def fail(self, reason: str) -> None:
@@ -95,26 +100,42 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray] 
     ``label`` names a client in the reasons (default: by node id). ``exact_dtypes=False`` accepts any
     numeric dtype, as Flower's strategies do (FedAdam sends float64 arrays back to a float32 model).
     """
-    label = label or (lambda message: f"client node {message.metadata.src_node_id}")
+    label = label or default_label
     screened = ScreenedReplies()
-    candidates = []
-    for message in replies:
-        if message.has_error():
-            screened.fail(f"{label(message)} failed: {short_reason(message.error.reason)}")
-            continue
-        try:
-            candidates.append(_accept(message, reference, gradient, weighted_by_key, exact_dtypes))
-        except ValueError as problem:
-            screened.reject(f"{label(message)} rejected: {problem}")
-    usual = Counter(_metric_names(c.message) for c in candidates).most_common(1)
+    candidates = [candidate for message in replies if (candidate := screen_one(
+        message, screened, reference, gradient, label, weighted_by_key, exact_dtypes)) is not None]
+    usual = Counter(metric_names(c.message) for c in candidates).most_common(1)
     for candidate in candidates:
-        names = _metric_names(candidate.message)
+        names = metric_names(candidate.message)
         if names != usual[0][0]:
-            screened.reject(f"{label(candidate.message)} rejected: metrics "
-                            f"{sorted(names)} differ from the other replies' {sorted(usual[0][0])}")
+            screened.reject(names_differ(label(candidate.message), names, usual[0][0]))
         else:
             screened.accepted.append(candidate)
     return screened
+
+
+def default_label(message: Message) -> str:
+    return f"client node {message.metadata.src_node_id}"
+
+
+def screen_one(message: Message, screened: ScreenedReplies, reference: dict[str, np.ndarray] | None,
+               gradient: bool = False, label: Callable[[Message], str] = default_label,
+               weighted_by_key: str = NUM_EXAMPLES, exact_dtypes: bool = True) -> AcceptedReply | None:
+    """One reply checked on its own (see :func:`screen_replies`): counted in ``screened`` as failed or rejected
+    (None), or returned; its metric names are still to be compared with the other replies'."""
+    if message.has_error():
+        screened.fail(f"{label(message)} failed: {short_reason(message.error.reason)}")
+        return None
+    try:
+        return _accept(message, reference, gradient, weighted_by_key, exact_dtypes)
+    except ValueError as problem:
+        screened.reject(f"{label(message)} rejected: {problem}")
+        return None
+
+
+def names_differ(client: str, names: frozenset[str], usual: frozenset[str]) -> str:
+    """The reason a reply whose metric names differ from most replies' is rejected."""
+    return f"{client} rejected: metrics {sorted(names)} differ from the other replies' {sorted(usual)}"
 
 
 def short_reason(text: str, limit: int = 300) -> str:
@@ -124,7 +145,7 @@ def short_reason(text: str, limit: int = 300) -> str:
     return last if len(last) <= limit else last[:limit] + "..."
 
 
-def _metric_names(message: Message) -> frozenset[str]:
+def metric_names(message: Message) -> frozenset[str]:
     return frozenset(next(iter(message.content.metric_records.values())).keys())
 
 
