@@ -163,15 +163,18 @@ def test_sums_are_the_sums_they_say():
 
 
 class SlowGrid:
-    """Replies become available one per pull; remembers how many were pulled."""
+    """Replies become available one per pull, in push order; remembers how many were pushed and pulled."""
 
     pull_interval = 0.01
 
     def __init__(self, count):
-        self.count, self.pulled = count, 0
+        self.count, self.pushed, self.pulled, self.most_in_flight = count, 0, 0, 0
 
     def push_messages(self, messages):
-        return [f"id{i}" for i, _ in enumerate(messages)]
+        ids = [f"id{self.pushed + i}" for i, _ in enumerate(messages)]
+        self.pushed += len(ids)
+        self.most_in_flight = max(self.most_in_flight, self.pushed - self.pulled)
+        return ids
 
     def pull_messages(self, ids):
         if self.pulled >= self.count or f"id{self.pulled}" not in ids:
@@ -185,10 +188,17 @@ class SlowGrid:
 def test_the_streaming_grid_hands_each_reply_over_as_it_is_pulled_and_stops_at_the_timeout():
     grid = SlowGrid(3)
     replies = StreamingGrid(grid).send_and_receive([object()] * 3, timeout=60)
-    assert grid.pulled == 0  # nothing waits for the whole round
+    assert grid.pulled == 0 and grid.pushed == 3  # every message sent at once; nothing waits for the round
     next(replies)
     assert grid.pulled == 1
     assert len(list(replies)) == 2
     started = time.time()
     assert len(list(StreamingGrid(SlowGrid(0)).send_and_receive([object()], timeout=0.2))) == 0
     assert 0.2 <= time.time() - started < 5
+
+
+def test_a_window_keeps_that_many_messages_in_flight():
+    grid = SlowGrid(7)
+    replies = list(StreamingGrid(grid, window=lambda: 2).send_and_receive([object()] * 7, timeout=60))
+    assert [r.metadata.reply_to_message_id for r in replies] == [f"id{i}" for i in range(7)]
+    assert grid.most_in_flight == 2 and grid.pushed == 7

@@ -64,7 +64,7 @@ from .records import cast_like, decode
 from .replies import (ScreenedReplies, diagnose_api_mismatch, metric_names, names_differ,
                       reported_partition, screen_one, screen_replies)
 from .sampling import RankedGrid, registration_ranks, sampling_from, sampling_seed
-from .streaming import StreamingGrid
+from .streaming import StreamingGrid, simulation_window
 
 #: How many nodes one QUERY round asks for their partition id.
 QUERY_BATCH = 500
@@ -136,7 +136,12 @@ class ReplyGuard(Strategy):
         """Flower's own round loop (``Strategy.start``, same arguments and result) over a grid that hands each
         reply over as it arrives (:class:`~.streaming.StreamingGrid`), so that ``aggregate_train`` can fold
         replies into running sums instead of receiving them all at once."""
-        return super().start(StreamingGrid(grid), *args, **kwargs)
+        return super().start(StreamingGrid(grid, window=self._window), *args, **kwargs)
+
+    def _window(self) -> int | None:
+        """Messages in flight at once: bounded in Flower's simulation engine (:mod:`.streaming` says why), all
+        of them with real SuperNodes."""
+        return simulation_window(len(self._registered)) if self._registered else None
 
     # --- train ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -146,8 +151,11 @@ class ReplyGuard(Strategy):
         self._connected = len(list(grid.get_node_ids()))
         instructions = self._configure("train", server_round, arrays, config, grid)
         ranks = self._registration(grid) or self.partitions
-        nodes = [message.metadata.dst_node_id for message in instructions]
-        self._fold_order = sorted(nodes, key=ranks.__getitem__) if all(node in ranks for node in nodes) else None
+        if not all(message.metadata.dst_node_id in ranks for message in instructions):
+            self._fold_order = None
+            return instructions
+        instructions.sort(key=lambda message: ranks[message.metadata.dst_node_id])  # sent, hence answered, in order
+        self._fold_order = [message.metadata.dst_node_id for message in instructions]
         return instructions
 
     def aggregate_train(self, server_round: int,

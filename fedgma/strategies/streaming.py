@@ -10,12 +10,23 @@ strategy that folds them into running sums (:mod:`.folding`) can drop each one
 before the next arrives; one that needs them all makes a list, as before. Flower's
 round loop itself is unchanged (:meth:`~.guard.ReplyGuard.start` passes it this
 grid).
+
+With a ``window``, only that many messages are in flight at once; the next is
+pushed as a reply comes in. That is for Flower's simulation engine, whose link
+state, on every poll of every virtual node, scans every message stored
+(``InMemoryLinkState.get_message_ins``): its cost per poll is the number of nodes
+times the number of messages in flight, and a round of 1,000 clients spent two
+thirds of the simulation process there. Its clients train a few at a time anyway
+(one per Ray actor), so a window a little larger than that keeps every actor
+busy (:func:`simulation_window`). Real SuperNodes each poll on their own, so
+there every message is pushed at once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flwr.app import Message
@@ -27,22 +38,34 @@ DEFAULT_PULL_INTERVAL = 3.0
 
 
 class StreamingGrid:
-    """``grid`` with a ``send_and_receive`` that yields replies as they are pulled; everything else is ``grid``'s."""
+    """``grid`` with a ``send_and_receive`` that yields replies as they are pulled; everything else is ``grid``'s.
 
-    def __init__(self, grid: Grid) -> None:
+    ``window``: called at each ``send_and_receive``, the most messages in flight at once (None: all).
+    """
+
+    def __init__(self, grid: Grid, window: Callable[[], int | None] = lambda: None) -> None:
         self._grid = grid
+        self._window = window
         self.pull_interval = float(getattr(grid, "pull_interval", DEFAULT_PULL_INTERVAL))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
-        """Push ``messages`` now; the returned iterator pulls and yields their replies until all have come or
-        ``timeout`` seconds have passed (None: no limit), as Flower's ``Grid.send_and_receive`` waits."""
-        waiting = set(self._grid.push_messages(messages))
-        return self._replies(waiting, None if timeout is None else time.time() + timeout)
+        """Push ``messages`` (the first ``window`` of them) now, in their order; the returned iterator pulls and
+        yields their replies, pushing the rest as replies come in, until all have come or ``timeout`` seconds
+        have passed (None: no limit), as Flower's ``Grid.send_and_receive`` waits."""
+        window = self._window()
+        queued = deque(messages)
+        waiting = set(self._grid.push_messages([queued.popleft() for _ in range(min(window or len(queued),
+                                                                                    len(queued)))]))
+        return self._replies(waiting, queued, window, None if timeout is None else time.time() + timeout)
 
-    def _replies(self, waiting: set[str], deadline: float | None) -> Iterator[Message]:
-        while waiting and (deadline is None or time.time() < deadline):
+    def _replies(self, waiting: set[str], queued: deque[Message], window: int | None,
+                 deadline: float | None) -> Iterator[Message]:
+        while (waiting or queued) and (deadline is None or time.time() < deadline):
             pulled = list(self._grid.pull_messages(waiting))
             waiting.difference_update(message.metadata.reply_to_message_id for message in pulled)
+            if queued and window is not None and len(waiting) < window:
+                waiting.update(self._grid.push_messages([queued.popleft()
+                                                         for _ in range(min(window - len(waiting), len(queued)))]))
             pulled.reverse()
             while pulled:  # each reply leaves this list as it is handed over: the consumer may drop it at once
                 yield pulled.pop()
@@ -51,3 +74,21 @@ class StreamingGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def simulation_window(nodes: int) -> int | None:
+    """Messages in flight for Flower's simulation engine with ``nodes`` virtual nodes; None where Ray is not
+    running in this process.
+
+    At least twice the CPUs of the Ray cluster (no more clients than that train at once) and at least 8; and
+    at least one per 125 nodes, because every message pushed waits for the engine's next pass over all the
+    nodes, which takes longer the more nodes there are: the window grows with them so that a pass delivers
+    more. Measured in docs/performance.md (cross-device scale).
+    """
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return max(8, 2 * int(ray.cluster_resources().get("CPU", 0)), -(-nodes // 125))
