@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from fedgma.tools.bench.__main__ import main, round_summary
+from fedgma.tools.bench.__main__ import main
+from fedgma.tools.bench.runs import round_summary
 from fedgma.tools.bench.aggregation import STRATEGIES
 from fedgma.tools.local_flower import run_config_arg
 from fedgma.tools.processes import parse_gpu_apps
@@ -62,3 +64,21 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     shares = throughput["time_by_operator_fp32"]
     assert "aten::convolution_backward" in shares and sum(shares.values()) == pytest.approx(1.0)
     assert report["config"]["device"] == "auto" and "gpu" not in report  # no GPU table on a CPU-only machine
+
+
+def test_the_scale_benchmark_finds_the_one_time_order_cost_the_guard_logs(caplog):
+    from conftest import grid_with, simulated_nodes
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedgma.strategies import ReplyGuard
+    from fedgma.strategies.records import encode
+    from fedgma.tools.bench.scale import ORDER_READ
+
+    nodes = list(range(10, 30))
+    guard = ReplyGuard(FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1),
+                       reproducible_sampling=True)
+    guard.configure_train(1, encode({"w": np.zeros(2, np.float32)}), ConfigRecord(),
+                          grid_with(nodes, simulated_nodes(nodes)))
+    found = ORDER_READ.search(caplog.text)
+    assert found and int(found.group(1)) == len(nodes) and float(found.group(2)) >= 0

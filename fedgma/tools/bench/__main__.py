@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import time
 import tomllib
@@ -42,46 +41,14 @@ from typing import Any
 import torch
 from flwr.common.logger import FLOWER_LOGGER
 
-from ..bare_loop import run_bare_loop
 from fedgma.machine import machine, resolve_device
 from fedgma.outputs import versions
-from fedgma.settings import Settings
 
 from . import throughput
 from .aggregation import measure_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def round_summary(seconds: list[float]) -> dict[str, float]:
-    """Median of the rounds after the first, and how much longer the first took."""
-    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    return {"median_round_s": steady, "first_round_extra_s": seconds[0] - steady, "rounds_s": seconds}
-
-
-def bare(config: dict[str, Any], clients: int) -> dict[str, Any]:
-    rows = run_bare_loop(Settings.from_run_config(config), clients)
-    return round_summary([row["seconds"] for row in rows])
-
-
-def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: Path,
-               cpus_per_client: int = 1, gpus_per_client: float = 0.0) -> dict[str, Any]:
-    config = config | {"output-dir": str(out), "min-available-nodes": clients}
-    run = flower.run(REPO, config, clients, cpus_per_client, sample_every=0.25, gpus_per_client=gpus_per_client)
-    status = flower.runs()[0]["status"]
-    if status != "finished:completed":
-        raise RuntimeError(f"flwr run did not complete ({status}):\n{run.output[-4000:]}")
-    rows = json.loads((out / "metrics.json").read_text())["rounds"]
-    summary = round_summary([row["seconds"] for row in rows if row["round"] > 0])
-    return summary | {
-        "launch_overhead_s": run.wall_seconds - sum(summary["rounds_s"]), "wall_s": run.wall_seconds,
-        "peak_rss_bytes": run.peak_rss_bytes, "gpu_bytes_per_client": run.peak_gpu_bytes_per_process,
-        "rss_at_round_end_bytes": [run.rss_at(row["time"]) for row in rows if row["round"] > 0],
-        "final_ood_accuracy": rows[-1]["ood-accuracy"],
-    }
-
+from .runs import REPO, bare, simulation
 
 def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fractions: list[float], out: Path,
                 cpus_per_client: int, floor_s: float) -> list[dict[str, Any]]:
