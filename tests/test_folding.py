@@ -199,6 +199,6 @@ def test_the_streaming_grid_hands_each_reply_over_as_it_is_pulled_and_stops_at_t
 
 def test_a_window_keeps_that_many_messages_in_flight():
     grid = SlowGrid(7)
-    replies = list(StreamingGrid(grid, window=lambda: 2).send_and_receive([object()] * 7, timeout=60))
+    replies = list(StreamingGrid(grid, window=lambda messages: 2).send_and_receive([object()] * 7, timeout=60))
     assert [r.metadata.reply_to_message_id for r in replies] == [f"id{i}" for i in range(7)]
     assert grid.most_in_flight == 2 and grid.pushed == 7

@@ -63,7 +63,7 @@ from .folding import TrainFold, fold_for
 from .records import cast_like, decode
 from .replies import (ScreenedReplies, diagnose_api_mismatch, metric_names, names_differ,
                       reported_partition, screen_one, screen_replies)
-from .sampling import RankedGrid, registration_ranks, sampling_from, sampling_seed
+from .sampling import ListedGrid, registration_ranks, sampling_from, sampling_seed
 from .streaming import StreamingGrid, simulation_window
 
 #: How many nodes one QUERY round asks for their partition id.
@@ -138,17 +138,16 @@ class ReplyGuard(Strategy):
         replies into running sums instead of receiving them all at once."""
         return super().start(StreamingGrid(grid, window=self._window), *args, **kwargs)
 
-    def _window(self) -> int | None:
-        """Messages in flight at once: bounded in Flower's simulation engine (:mod:`.streaming` says why), all
-        of them with real SuperNodes."""
-        return simulation_window(len(self._registered)) if self._registered else None
+    def _window(self, messages: int) -> int | None:
+        """Messages in flight at once: bounded in Flower's simulation engine when it has many nodes and
+        messages (:mod:`.streaming` says why), all of them with real SuperNodes."""
+        return simulation_window(len(self._registered), messages) if self._registered else None
 
     # --- train ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self._current = decode(arrays)
-        self._connected = len(list(grid.get_node_ids()))
         instructions = self._configure("train", server_round, arrays, config, grid)
         ranks = self._registration(grid) or self.partitions
         if not all(message.metadata.dst_node_id in ranks for message in instructions):
@@ -316,12 +315,15 @@ class ReplyGuard(Strategy):
         and a generator of this round's own (Python's global ``random`` is not touched)."""
         configure = getattr(self.strategy, f"configure_{phase}")
         fraction = float(wrapped_attribute(self.strategy, f"fraction_{phase}", 1.0))
+        listed = ListedGrid(grid)
+        if phase == "train":
+            self._connected = len(listed.get_node_ids())
         if self.reproducible_sampling and 0.0 < fraction < 1.0:
-            ranks = self._sampling_ranks(grid, server_round)
+            listed.ranks = self._sampling_ranks(listed, server_round)
             with sampling_from(random.Random(sampling_seed(self.seed, server_round, phase))):
-                instructions = list(configure(server_round, arrays, config, RankedGrid(grid, ranks)))
+                instructions = list(configure(server_round, arrays, config, listed))
         else:
-            instructions = list(configure(server_round, arrays, config, grid))
+            instructions = list(configure(server_round, arrays, config, listed))
         self._sent[phase] = len(instructions)
         return instructions
 

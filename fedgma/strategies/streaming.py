@@ -40,10 +40,11 @@ DEFAULT_PULL_INTERVAL = 3.0
 class StreamingGrid:
     """``grid`` with a ``send_and_receive`` that yields replies as they are pulled; everything else is ``grid``'s.
 
-    ``window``: called at each ``send_and_receive``, the most messages in flight at once (None: all).
+    ``window``: called at each ``send_and_receive`` with the number of messages, the most of them in flight at
+    once (None: all).
     """
 
-    def __init__(self, grid: Grid, window: Callable[[], int | None] = lambda: None) -> None:
+    def __init__(self, grid: Grid, window: Callable[[int], int | None] = lambda messages: None) -> None:
         self._grid = grid
         self._window = window
         self.pull_interval = float(getattr(grid, "pull_interval", DEFAULT_PULL_INTERVAL))
@@ -52,8 +53,8 @@ class StreamingGrid:
         """Push ``messages`` (the first ``window`` of them) now, in their order; the returned iterator pulls and
         yields their replies, pushing the rest as replies come in, until all have come or ``timeout`` seconds
         have passed (None: no limit), as Flower's ``Grid.send_and_receive`` waits."""
-        window = self._window()
         queued = deque(messages)
+        window = self._window(len(queued))
         waiting = set(self._grid.push_messages([queued.popleft() for _ in range(min(window or len(queued),
                                                                                     len(queued)))]))
         return self._replies(waiting, queued, window, None if timeout is None else time.time() + timeout)
@@ -76,15 +77,22 @@ class StreamingGrid:
         return getattr(self._grid, name)
 
 
-def simulation_window(nodes: int) -> int | None:
-    """Messages in flight for Flower's simulation engine with ``nodes`` virtual nodes; None where Ray is not
-    running in this process.
+#: Stored-message checks per pass of the simulation engine over its nodes (nodes x messages in flight) below
+#: which a window only adds latency: every message is then pushed at once.
+SCAN_BUDGET = 100_000
+
+
+def simulation_window(nodes: int, messages: int) -> int | None:
+    """Messages in flight for Flower's simulation engine with ``nodes`` virtual nodes and ``messages`` to send;
+    None (all at once) when ``nodes * messages`` is within ``SCAN_BUDGET`` or Ray is not running here.
 
     At least twice the CPUs of the Ray cluster (no more clients than that train at once) and at least 8; and
     at least one per 125 nodes, because every message pushed waits for the engine's next pass over all the
     nodes, which takes longer the more nodes there are: the window grows with them so that a pass delivers
     more. Measured in docs/performance.md (cross-device scale).
     """
+    if nodes * messages <= SCAN_BUDGET:
+        return None
     try:
         import ray
     except ImportError:
