@@ -34,7 +34,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from . import throughput
 from .aggregation import measure_aggregation
 from ..local_flower import LocalFlower
 from .report import plot_scaling, print_tables
-from .runs import REPO, bare, simulation
+from .runs import bare, seed_experiment, simulation
 
 def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fractions: list[float], out: Path,
                 cpus_per_client: int, floor_s: float) -> list[dict[str, Any]]:
@@ -60,15 +59,6 @@ def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fract
         rows.append({"gpus_per_client": fraction, "clients_at_once": at_once, **run,
                      "ratio_to_bare": run["median_round_s"] / floor_s})
     return rows
-
-
-def seed_experiment(flower: LocalFlower, data_dir: str, gpus_per_client: float, cpus_per_client: int,
-                    out: Path) -> dict[str, Any]:
-    """``configs/seed-repo.toml`` end to end (50 rounds, 100 clients): wall time and final accuracy."""
-    config = tomllib.loads((REPO / "configs" / "seed-repo.toml").read_text()) | {"data-dir": data_dir,
-                                                                                 "device": "cuda"}
-    return {"gpus_per_client": gpus_per_client,
-            **simulation(flower, config, 100, out / "seed-experiment", cpus_per_client, gpus_per_client)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,8 +119,9 @@ def _round_times(flower: LocalFlower, args: argparse.Namespace, base: dict[str, 
         if args.seed_experiment:
             fastest = min(report["gpu"], key=lambda row: row["median_round_s"])["gpus_per_client"]
             progress(f"seed experiment end to end, {fastest} GPU per client")
-            report["seed_experiment"] = seed_experiment(flower, base["data-dir"], fastest, args.cpus_per_client,
-                                                        out)
+            report["seed_experiment"] = seed_experiment(flower, base["data-dir"], out, device="cuda",
+                                                        precision="fp32", gpus_per_client=fastest,
+                                                        cpus_per_client=args.cpus_per_client)
 
 
 def _aggregation(args: argparse.Namespace, report: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,12 @@ def simulation(flower: LocalFlower, config: dict[str, Any], clients: int, out: P
         "rss_at_round_end_bytes": [run.rss_at(row["time"]) for row in rows if row["round"] > 0],
         "final_ood_accuracy": rows[-1]["ood-accuracy"],
     } | ({"output": run.output} if keep_output else {})
+
+
+def seed_experiment(flower: LocalFlower, data_dir: str, out: Path, device: str = "cpu", precision: str = "bf16",
+                    gpus_per_client: float = 0.0, cpus_per_client: int = 1) -> dict[str, Any]:
+    """``configs/seed-repo.toml`` end to end (100 clients, 50 rounds, FedGMA): wall time, rounds, accuracy."""
+    config = tomllib.loads((REPO / "configs" / "seed-repo.toml").read_text()) | {
+        "data-dir": data_dir, "device": device, "precision": precision}
+    return {"gpus_per_client": gpus_per_client, "precision": precision, **simulation(
+        flower, config, 100, out / "seed-experiment", cpus_per_client, gpus_per_client, timeout=5400)}

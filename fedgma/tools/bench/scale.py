@@ -2,6 +2,8 @@
 
     python -m fedgma.tools.bench.scale --data-dir ../shared/data/mnist        # 30 to 60 minutes on 2 cores
     python -m fedgma.tools.bench.scale --data-dir ../shared/data/mnist --quick
+    python -m fedgma.tools.bench.scale --data-dir ../shared/data/mnist --virtual "" --per-round-axis "" \
+        --seed-experiment                                                     # part 3 alone (about 25 minutes)
     git worktree add /tmp/fedgma-before <commit>                              # an earlier version of this app,
     python -m fedgma.tools.bench.scale --data-dir ... --baseline-app /tmp/fedgma-before   # run beside this one
 
@@ -17,6 +19,11 @@ client actors, the simulation process that runs the ServerApp).
 2. **Clients per round** K (10 to 1,000, V = K): the bare loop (one process,
    clients one after another, then FedAvg) beside the simulation, the simulation's
    cost per client beyond the bare loop's ((sim - bare) / K), and peak RSS.
+
+3. With ``--seed-experiment``: the seed repository's experiment end to end
+   (``configs/seed-repo.toml``: 100 clients, 50 rounds, FedGMA) in bf16, beside its
+   compute floor: one client's local training timed on one core
+   (:mod:`.throughput`), times 100 clients, over the machine's cores.
 
 With ``--baseline-app`` every simulation of part 1 (up to ``--baseline-max-virtual``
 clients) and part 2 runs a second time on another checkout of this app, right
@@ -41,7 +48,8 @@ from fedgma.machine import machine
 from fedgma.outputs import versions
 
 from ..local_flower import LocalFlower
-from .runs import REPO, bare, simulation
+from . import throughput
+from .runs import REPO, bare, seed_experiment, simulation
 
 #: How the app logs the one-time cost of reading the simulation's registration order.
 ORDER_READ = re.compile(r"(\d+) simulated nodes in registration \(partition\) order, read in ([\d.]+) s")
@@ -100,6 +108,17 @@ def clients_per_round(flower: LocalFlower, args: argparse.Namespace, out: Path, 
         report["per_round"].append(row)
 
 
+def seed_run(flower: LocalFlower, args: argparse.Namespace, out: Path, report: dict[str, Any]) -> None:
+    progress("seed experiment: one client's local training on one core (600 images, 3 full-batch steps)")
+    speed = throughput.measure(600)
+    client_s = speed["train_gflop"] / speed["train_bf16_gflops"]
+    progress("seed experiment: configs/seed-repo.toml end to end in bf16 (100 clients, 50 rounds)")
+    run = seed_experiment(flower, light(args)["data-dir"], out, precision="bf16")
+    cores = report["machine"]["cores"]
+    report["seed_experiment"] = run | {"client_train_s": client_s, "floor_round_s": 100 * client_s / cores,
+                                       "throughput": speed}
+
+
 def summary(run: dict[str, Any]) -> str:
     if "error" in run:
         return f"stopped: {run['error']}"
@@ -121,6 +140,13 @@ def print_report(report: dict[str, Any]) -> None:
                  + (f", +{row[name]['overhead_per_client_s'] * 1e3:.1f} ms per client over the bare loop"
                     if "overhead_per_client_s" in row[name] else "") for name in apps if name in row]
         print(f"{row['clients']:>5} per round | bare {row['bare']['median_round_s']:.2f} s | " + " | ".join(cells))
+    if "seed_experiment" in report:
+        e = report["seed_experiment"]
+        print(f"\nSeed experiment (configs/seed-repo.toml, bf16): {e['wall_s'] / 60:.1f} min end to end, "
+              f"{e['median_round_s']:.1f} s per round (first round +{e['first_round_extra_s']:.1f} s, launch "
+              f"{e['launch_overhead_s']:.0f} s); compute floor {e['floor_round_s']:.1f} s per round "
+              f"(one client {e['client_train_s']:.2f} s on one core, x 100 / {m['cores']} cores), "
+              f"{50 * e['floor_round_s'] / 60:.1f} min for 50 rounds; final OOD accuracy {e['final_ood_accuracy']:.4f}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -170,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline-max-virtual", type=int, default=10_000,
                         help="the baseline runs part 1 up to this many virtual clients")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take before it is stopped")
+    parser.add_argument("--seed-experiment", action="store_true",
+                        help="also time configs/seed-repo.toml end to end in bf16 (about 25 minutes on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 and 200 virtual clients, 2 rounds")
     return parser
 
@@ -189,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     with LocalFlower() as flower:
         virtual_clients(flower, args, out, apps, report)
         clients_per_round(flower, args, out, apps, report)
+        if args.seed_experiment:
+            seed_run(flower, args, out, report)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot(report, out / "scale.png")
+    if report["virtual"] or report["per_round"]:
+        plot(report, out / "scale.png")
     print_report(report)
     progress(f"report: {out / 'report.json'}, plot: {out / 'scale.png'}")
 
