@@ -67,6 +67,8 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
 
 
 def test_the_scale_benchmark_finds_the_one_time_order_cost_the_guard_logs(caplog):
+    import logging
+
     from conftest import grid_with, simulated_nodes
     from flwr.app import ConfigRecord
     from flwr.serverapp.strategy import FedAvg
@@ -75,6 +77,7 @@ def test_the_scale_benchmark_finds_the_one_time_order_cost_the_guard_logs(caplog
     from fedgma.strategies.records import encode
     from fedgma.tools.bench.scale import ORDER_READ
 
+    caplog.set_level(logging.INFO, logger="flwr")  # the benchmark's main() in this process sets it to WARNING
     nodes = list(range(10, 30))
     guard = ReplyGuard(FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1),
                        reproducible_sampling=True)

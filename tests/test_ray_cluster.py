@@ -86,15 +86,18 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_cluster, mnist_dir, tmp_
     assert len(actor_logs) >= 1, sorted(p.name for p in logs.iterdir())
 
 
-def client_actors_by_raylet(stop: threading.Event, seen: dict[int, int], every: float = 0.2) -> None:
-    """Until ``stop``: for every live ClientApp actor process, the raylet (one per Ray node) that started it."""
+def client_actors_by_raylet(stop: threading.Event, raylets: set[int], seen: dict[int, int],
+                            every: float = 0.2) -> None:
+    """Until ``stop``: for every live ClientApp actor process started by one of ``raylets`` (one per Ray node of
+    this cluster; other tests' clusters may run beside it), the raylet that started it."""
     while not stop.wait(every):
         for process in psutil.process_iter(["cmdline"]):
             try:
                 if "ClientAppActor" not in " ".join(process.info["cmdline"] or ()):
                     continue
                 raylet = next(p for p in process.parents() if p.name() == "raylet")
-                seen[process.pid] = raylet.pid
+                if raylet.pid in raylets:
+                    seen[process.pid] = raylet.pid
             except (psutil.Error, StopIteration):
                 continue
 
@@ -104,8 +107,11 @@ def test_simulation_places_clients_on_both_nodes_of_a_two_node_cluster(ray_clust
     """A head and a worker of one CPU each (``ray start``, as docs/performance.md's recipe): with one CPU per
     client, Flower's Ray backend starts two ClientApp actors and Ray can only place one on each node."""
     address, temp = ray_cluster
+    raylets = {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and str(temp) in
+               " ".join(p.info["cmdline"]) and p.name() == "raylet"}
+    assert len(raylets) == 2, "the cluster should have two nodes"
     out, stop, seen = tmp_path / "out", threading.Event(), {}
-    watcher = threading.Thread(target=client_actors_by_raylet, args=(stop, seen), daemon=True)
+    watcher = threading.Thread(target=client_actors_by_raylet, args=(stop, raylets, seen), daemon=True)
     watcher.start()
     try:
         with LocalFlower(env={"RAY_ADDRESS": address}) as flower:
@@ -116,7 +122,4 @@ def test_simulation_places_clients_on_both_nodes_of_a_two_node_cluster(ray_clust
         stop.set()
         watcher.join()
     assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["replies-accepted"] == 4
-    raylets = {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and str(temp) in
-               " ".join(p.info["cmdline"]) and p.name() == "raylet"}
-    assert len(raylets) == 2, "the cluster should have two nodes"
     assert set(seen.values()) == raylets, f"client actors by raylet: {seen}; raylets: {raylets}"
