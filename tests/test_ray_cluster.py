@@ -1,9 +1,9 @@
 """The simulation on an existing Ray cluster (``RAY_ADDRESS``), as the README's multi-machine steps do it.
 
-Each test starts a Ray cluster of its own (``ray start --head``, and for the
-two-node test ``ray start --address=...`` for a worker node; free ports, its own
-temp dir), runs a 2-round simulation with ``RAY_ADDRESS`` pointing at it, checks
-where the ClientApp actors ran, and stops the cluster's processes by PID.
+The test starts a Ray cluster of its own (``ray start --head`` and
+``ray start --address=...`` for a worker node; free ports, its own temp dir),
+runs a 2-round simulation with ``RAY_ADDRESS`` pointing at it, checks where the
+ClientApp actors ran, and stops the cluster's processes by PID.
 
 Ray replaces a loopback ``--node-ip-address`` with the machine's own address
 (``ray._private.services.resolve_ip_for_localhost``), so its internal traffic
@@ -51,39 +51,23 @@ def _ray(*arguments: str) -> None:
 
 
 @pytest.fixture
-def ray_cluster(request):
-    """A Ray cluster on free ports: a head and ``request.param - 1`` workers of one CPU each, ``ray start`` as
-    the README's recipe has it; yields (address, temp dir); every process stopped by PID afterwards (all name
-    the head's temp dir, a short one in /tmp: Ray's socket paths under it must stay under 108 bytes)."""
-    nodes = getattr(request, "param", 1)
+def ray_cluster():
+    """A two-node Ray cluster on free ports: a head and a worker of one CPU each, ``ray start`` as
+    docs/deployment.md's recipe has it; yields (address, temp dir); every process stopped by PID afterwards
+    (all name the head's temp dir, a short one in /tmp: Ray's socket paths under it must stay under 108
+    bytes)."""
     temp = Path(tempfile.mkdtemp(prefix="ray-head-"))
     port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     try:
         _ray("--head", f"--port={port}", f"--ray-client-server-port={client_port}", f"--temp-dir={temp}",
-             f"--num-cpus={2 if nodes == 1 else 1}", "--include-dashboard=false", *_ports(head=True))
-        for _ in range(nodes - 1):
-            _ray(f"--address={address}", "--num-cpus=1", *_ports(head=False))
+             "--num-cpus=1", "--include-dashboard=false", *_ports(head=True))
+        _ray(f"--address={address}", "--num-cpus=1", *_ports(head=False))
         yield address, temp
     finally:
         stop_tree_and_mentions(str(temp))
         stop_tree_and_mentions(f"--port={client_port} ")  # Ray's client server names neither folder nor head
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_simulation_runs_on_an_existing_ray_cluster(ray_cluster, mnist_dir, tmp_path):
-    address, temp = ray_cluster
-    out = tmp_path / "out"
-    with LocalFlower(env={"RAY_ADDRESS": address}) as flower:
-        done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-server-rounds": 2, "max-client-examples": 100,
-                                 "max-test-examples": 200, "output-dir": str(out)}, 2)
-        assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
-        fresh_sessions = list((flower.root / "ray").rglob("session_*"))
-    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
-    assert fresh_sessions == [], "the simulation started a Ray instance of its own"
-    logs = (temp / "session_latest" / "logs")
-    actor_logs = [f for f in logs.glob("worker-*") if "ClientAppActor" in f.read_text(errors="replace")]
-    assert len(actor_logs) >= 1, sorted(p.name for p in logs.iterdir())
 
 
 def client_actors_by_raylet(stop: threading.Event, raylets: set[int], seen: dict[int, int],
@@ -102,10 +86,10 @@ def client_actors_by_raylet(stop: threading.Event, raylets: set[int], seen: dict
                 continue
 
 
-@pytest.mark.parametrize("ray_cluster", [2], indirect=True)
 def test_simulation_places_clients_on_both_nodes_of_a_two_node_cluster(ray_cluster, mnist_dir, tmp_path):
-    """A head and a worker of one CPU each (``ray start``, as docs/performance.md's recipe): with one CPU per
-    client, Flower's Ray backend starts two ClientApp actors and Ray can only place one on each node."""
+    """A head and a worker of one CPU each (``ray start``, as docs/deployment.md's recipe), attached to with
+    ``RAY_ADDRESS``: the run starts no Ray instance of its own, and with one CPU per client Flower's Ray backend
+    starts two ClientApp actors, which Ray can only place one on each node."""
     address, temp = ray_cluster
     raylets = {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and str(temp) in
                " ".join(p.info["cmdline"]) and p.name() == "raylet"}
@@ -118,8 +102,10 @@ def test_simulation_places_clients_on_both_nodes_of_a_two_node_cluster(ray_clust
             done = flower.run(REPO, {"data-dir": str(mnist_dir), "num-server-rounds": 2, "max-client-examples": 100,
                                      "max-test-examples": 200, "output-dir": str(out)}, 4)
             assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
+            fresh_sessions = list((flower.root / "ray").rglob("session_*"))
     finally:
         stop.set()
         watcher.join()
     assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["replies-accepted"] == 4
+    assert fresh_sessions == [], "the simulation started a Ray instance of its own"
     assert set(seen.values()) == raylets, f"client actors by raylet: {seen}; raylets: {raylets}"
