@@ -47,6 +47,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
@@ -318,11 +319,11 @@ class ReplyGuard(Strategy):
         listed = ListedGrid(grid)
         if phase == "train":
             self._connected = len(listed.get_node_ids())
+        seeded = nullcontext()
         if self.reproducible_sampling and 0.0 < fraction < 1.0:
             listed.ranks = self._sampling_ranks(listed, server_round)
-            with sampling_from(random.Random(sampling_seed(self.seed, server_round, phase))):
-                instructions = list(configure(server_round, arrays, config, listed))
-        else:
+            seeded = sampling_from(random.Random(sampling_seed(self.seed, server_round, phase)))
+        with seeded:
             instructions = list(configure(server_round, arrays, config, listed))
         self._sent[phase] = len(instructions)
         return instructions
