@@ -48,16 +48,19 @@ class ListedGrid:
     def __init__(self, grid: Grid, ttl: float = 0.5) -> None:
         self._grid = grid
         self._ttl = ttl
-        self._listed: tuple[float, list[int]] | None = None
+        self._listed: tuple[float, list[int], list[int] | None] | None = None  # when, as listed, by rank
         self.ranks: dict[int, int] | None = None
 
     def get_node_ids(self) -> list[int]:
         if self._listed is None or time.monotonic() - self._listed[0] > self._ttl:
-            self._listed = (time.monotonic(), list(self._grid.get_node_ids()))
-        nodes = self._listed[1]
-        if self.ranks is not None:
-            nodes = sorted(nodes, key=lambda node: (self.ranks.get(node, float("inf")), node))
-        return list(nodes)
+            self._listed = (time.monotonic(), list(self._grid.get_node_ids()), None)
+        listed_at, nodes, ordered = self._listed
+        if self.ranks is None:
+            return list(nodes)
+        if ordered is None:  # sorted once per listing, not once per call
+            ordered = sorted(nodes, key=lambda node: (self.ranks.get(node, float("inf")), node))
+            self._listed = (listed_at, nodes, ordered)
+        return list(ordered)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
