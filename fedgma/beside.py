@@ -17,7 +17,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .settings import ConfigError, Settings
+from .labels import method_label
+from .settings import DEFAULT_RUN_CONFIG, ConfigError, Settings, current_keys
 
 #: What two runs must share to be put side by side: seed, data, model and training budget.
 SAME = ("seed", "task", "environments", "partitioner", "classes-per-client", "dirichlet-alpha", "flip-low",
@@ -29,17 +30,9 @@ SAME = ("seed", "task", "environments", "partitioner", "classes-per-client", "di
 TASKS = {"binary": "binary colored MNIST", "multiclass": "multi-class colored MNIST", "irm": "IRM's colored MNIST"}
 
 
-def method_label(config: dict[str, Any]) -> str:
-    """The method of a run config in the papers' words, with the knobs that tell configurations apart."""
-    strategy = config.get("strategy", "fedgma")
-    if strategy == "fedgma":
-        return f"FedGMA (p {config.get('p')}, server lr {config.get('server-lr')})"
-    if strategy == "fedavgm" and float(config.get("server-momentum", 0.9)) == 0.0:
-        name = f"FedAvg (server lr {config.get('server-momentum-lr')})"
-    else:
-        name = {"fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedprox": "FedProx", "fedadam": "FedAdam",
-                "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad"}.get(strategy, strategy)
-    return f"GMA (tau {config.get('tau')}) over {name}" if config.get("gma") else name
+def run_label(config: dict[str, Any]) -> str:
+    """The method of a run config, recorded under any release of the app, as every table and plot names it."""
+    return method_label(DEFAULT_RUN_CONFIG | current_keys(config))
 
 
 def partner_report(settings: Settings) -> dict[str, Any] | None:
@@ -54,7 +47,7 @@ def partner_report(settings: Settings) -> dict[str, Any] | None:
     if report.get("status") != "completed":
         raise ConfigError(f"Run-config key 'compare-with': the run in {path.parent} is not completed "
                           f"(status {report.get('status')!r}).")
-    mine, theirs = settings.to_run_config(), report.get("config", {})
+    mine, theirs = settings.to_run_config(), current_keys(report.get("config", {}))
     differ = [key for key in SAME if mine.get(key) != theirs.get(key)]
     if differ:
         raise ConfigError(f"Run-config key 'compare-with': the run in {path.parent} differs in "
@@ -69,7 +62,7 @@ def final_ood(rows: list[dict[str, Any]]) -> float:
 
 def summary(settings: Settings, rows: list[dict[str, Any]], partner: dict[str, Any]) -> list[str]:
     """Two lines: both runs' final OOD accuracy and the difference; what one seed can and cannot say."""
-    mine, theirs = method_label(settings.to_run_config()), method_label(partner["config"])
+    mine, theirs = run_label(settings.to_run_config()), run_label(partner["config"])
     difference = final_ood(partner["rounds"]) - final_ood(rows)
     ahead = theirs if difference > 0 else mine if difference < 0 else "neither"
     return [f"Final OOD accuracy: {theirs} {final_ood(partner['rounds']):.3f}, {mine} {final_ood(rows):.3f}, a "
@@ -89,12 +82,12 @@ def draw(settings: Settings, rows: list[dict[str, Any]], partner: dict[str, Any]
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for report, style in ((partner, "--"), ({"config": settings.to_run_config(), "rounds": rows}, "-")):
         points = [(row["round"], row["ood-accuracy"]) for row in report["rounds"] if "ood-accuracy" in row]
-        ax.plot(*zip(*points), style, label=method_label(report["config"]))
+        ax.plot(*zip(*points), style, label=run_label(report["config"]))
     ax.set_xlabel("round")
     ax.set_ylabel("OOD test accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{TASKS[settings.task]}, seed {settings.seed}: {method_label(partner['config'])} beside its baseline")
+    ax.set_title(f"{TASKS[settings.task]}, seed {settings.seed}: {run_label(partner['config'])} beside its baseline")
     caption = "\n".join(textwrap.fill(line, 110) for line in summary(settings, rows, partner))
     fig.text(0.01, 0.01, caption, fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.14, 1, 1))

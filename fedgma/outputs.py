@@ -24,7 +24,7 @@ import torch
 
 from .machine import machine
 from .safe_files import atomic_write
-from .beside import method_label
+from .labels import method_label
 from .settings import ConfigError, Settings, tracking_tools
 from .tracking import Trackers
 

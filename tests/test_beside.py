@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from fedgma.beside import draw, method_label, next_command, partner_report, summary
+from fedgma.beside import draw, next_command, partner_report, run_label, summary
 from fedgma.settings import ConfigError, Settings
 
 FIRST = {"task": "irm", "seed": 10, "num-server-rounds": 3, "strategy": "fedgma", "p": 0.8, "server-lr": 0.5,
@@ -37,9 +37,9 @@ def test_the_baseline_is_drawn_beside_its_first_run_and_the_summary_says_who_end
     partner = partner_report(settings)
     mine = rows(0.5, 0.15, 0.16, 0.162)
     lines = summary(settings, mine, partner)
-    assert lines[0].startswith("Final OOD accuracy: FedGMA (p 0.8, server lr 0.5) 0.234, FedAvg (server lr 0.5) "
+    assert lines[0].startswith("Final OOD accuracy: FedGMA (p 0.8, eta_s 0.5, pseudo-gradient) 0.234, FedAvg (server lr 0.5) "
                                "0.162, a difference of +0.072; same seed 10")
-    assert "One seed: FedGMA (p 0.8, server lr 0.5) ended higher here" in lines[1]
+    assert "One seed: FedGMA (p 0.8, eta_s 0.5, pseudo-gradient) ended higher here" in lines[1]
     behind = {**partner, "rounds": rows(0.5, 0.2)}
     assert "FedAvg (server lr 0.5) ended higher" in summary(settings, rows(0.5, 0.3), behind)[1]
     draw(settings, mine, partner, tmp_path / "beside.png")
@@ -66,7 +66,7 @@ def test_the_first_run_prints_its_baselines_command():
                                                      "min-available-nodes": 10}))
     assert "flwr run . --stream --run-config configs/first-run-baseline.toml" in command
     assert "num-supernodes=10" in command
-    assert method_label({"strategy": "fedadam", "gma": True, "tau": 0.8}) == "GMA (tau 0.8) over FedAdam"
+    assert run_label({"strategy": "fedadam", "gma": True, "tau": 0.8}) == "GMA (soft, tau 0.8) over FedAdam (eta 0.01)"
 
 
 def test_the_first_run_configs_are_one_experiment_apart_by_the_method_only():

@@ -301,7 +301,7 @@ def test_seed_repo_inputs_are_raw_pixels(mnist_dir):
 
 
 def test_labels_name_the_method_and_only_its_own_knobs():
-    from fedgma.tools.experiments.labels import configuration_label, method_label
+    from fedgma.labels import configuration_label, method_label
     from fedgma.settings import DEFAULT_RUN_CONFIG
 
     def label(**keys):

@@ -12,7 +12,7 @@ from conftest import REPO
 
 from fedgma.tools.experiments.grid import available_grids, load_grid
 from fedgma.tools.experiments.headline import runs_by_group, selected_groups, task_rows
-from fedgma.tools.experiments.labels import method_family
+from fedgma.labels import method_family
 from fedgma.tools.experiments.plots import (FAMILIES, MAX_LINES, PALETTE, FigureRuleError, _pyplot, check_figure,
                                             family_colour, plot_all, plot_metric_panels)
 from fedgma.tools.experiments.results import group_runs, load_runs

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..local_flower import LocalFlower, run_config_arg
 from fedgma.settings import ConfigError, Settings
 from .grid import REPO, RESULTS, available_grids, load_grid
-from .labels import method_family
+from fedgma.labels import method_family
 from .headline import (headline_rows, mask_table, published_markdown, readme_block, runs_by_group,
                        selected_groups, selection_table, task_rows, with_holm, with_readme_block)
 from .headline import to_csv as headline_csv

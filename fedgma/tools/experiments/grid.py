@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgma.settings import ConfigError, Settings
-from .labels import short_value
+from fedgma.labels import short_value
 from .selection import CRITERIA, Candidate, candidates_of, select
 
 REPO = Path(__file__).resolve().parents[3]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import NAMES, method_family, setting_label
+from fedgma.labels import NAMES, method_family, setting_label
 from .results import Group
 from .statistics import mean_intervals
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgma.settings import DEFAULT_RUN_CONFIG, ConfigError, current_keys
-from .labels import METHOD_KEYS, configuration_label, inert_keys, method_family, short_value
+from fedgma.labels import METHOD_KEYS, configuration_label, inert_keys, method_family, short_value
 from .statistics import paired_comparison
 
 #: Keys that say where a run reads and writes, which seed it drew, or what it prints and logs to: not part
