@@ -1,13 +1,16 @@
-"""LocalFlower's guard against a second local SuperLink in its FLWR_HOME (it would take runs)."""
+"""LocalFlower's staged app copy (the same FAB) and its guard against a second local SuperLink in its
+FLWR_HOME (it would take runs)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 
 import pytest
+from conftest import REPO
 
-from fedgma.tools.local_flower import FLWR, LocalFlower, foreign_superlinks
+from fedgma.tools.local_flower import FLWR, LocalFlower, foreign_superlinks, staged_app
 from fedgma.tools.local_flower import main as local_main
 from fedgma.tools.processes import command_lines, descendants, free_port, identity, is_alive, stop
 
@@ -25,6 +28,34 @@ def test_foreign_superlinks_are_the_superlinks_on_another_port():
     }
     assert foreign_superlinks(commands, "4000") == {2, 3, 5}
     assert foreign_superlinks({}, "4000") == set()
+
+
+def fab_of(app, folder):
+    """The files of the FAB ``flwr build`` makes of ``app`` (name -> bytes)."""
+    folder.mkdir()
+    subprocess.run([FLWR, "build", "--app", str(app)], cwd=folder, capture_output=True, timeout=300, check=True)
+    (fab,) = folder.glob("*.fab")
+    with zipfile.ZipFile(fab) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_the_staged_app_builds_the_same_fab_without_its_ignored_folders(tmp_path):
+    staged = staged_app(REPO, tmp_path / "app")
+    assert not (staged / ".git").exists() and not (staged / ".venv").exists()  # .venv: in the .gitignore
+    original = fab_of(REPO, tmp_path / "from-repo")
+    assert "fedgma/server_app.py" in original and fab_of(staged, tmp_path / "from-copy") == original
+
+
+def test_a_negated_pattern_is_matched_file_by_file(tmp_path):
+    app = tmp_path / "src"
+    (app / "logs").mkdir(parents=True)
+    (app / "logs" / "a.log").write_text("x")
+    (app / "logs" / "keep.log").write_text("x")
+    (app / "link.py").symlink_to(app / "logs" / "a.log")
+    (app / ".gitignore").write_text("# logs stay local\nlogs/*\n!logs/keep.log\n")
+    staged = staged_app(app, tmp_path / "app")
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*")) == [".gitignore", "logs",
+                                                                                  "logs/keep.log"]
 
 
 @pytest.mark.deployment

@@ -14,6 +14,12 @@ its SuperExec claims some of the runs submitted to the first one and starts them
 with its own settings (runtime dependency installation on, for one; runs then fail
 with Flower's exit code 608). So every :meth:`LocalFlower.run` first stops such
 SuperLinks and says so.
+
+Every :meth:`LocalFlower.run` hands ``flwr run`` a copy of the app folder without
+what its ``.gitignore`` leaves out (:func:`staged_app`): Flower builds the app's FAB
+by walking every file under the folder before it applies ``.gitignore``
+(``flwr/cli/utils.py``, ``collect_files``), and a virtual environment inside the
+folder, the README's layout, is some 60,000 files of that walk.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
+
+import pathspec
 
 from .processes import (command_lines, descendants, free_port, gpu_memory_bytes, pids_mentioning, rss_bytes,
                         stop_tree_and_mentions, stop_trees)
@@ -55,6 +63,28 @@ def foreign_superlinks(commands: dict[int, list[str]], port: str) -> set[int]:
             if served != port:
                 found.add(pid)
     return found
+
+
+def staged_app(app_dir: Path, into: Path) -> Path:
+    """Copy ``app_dir`` into the (new) folder ``into``, leaving out ``.git`` (a folder, or a worktree's file), symbolic links and what the
+    app's ``.gitignore`` ignores, which Flower leaves out of the FAB too (it reads the same file with the
+    same pattern syntax), so ``flwr run`` of the copy sends the same FAB. A folder the ``.gitignore``
+    ignores is not entered; with a negated pattern (``!``) every file is matched one by one instead."""
+    ignore = app_dir / ".gitignore"
+    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    prune = not any(pattern.startswith("!") for pattern in patterns)
+    for folder, subfolders, files in os.walk(app_dir):
+        relative = Path(folder).relative_to(app_dir)
+        subfolders[:] = [name for name in subfolders if name != ".git" and not (Path(folder, name).is_symlink() or (
+            prune and spec.match_file(f"{(relative / name).as_posix()}/")))]
+        (into / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            source = Path(folder, name)
+            if name != ".git" and not source.is_symlink() and not spec.match_file((relative / name).as_posix()):
+                shutil.copy2(source, into / relative / name)
+    return into
 
 
 @dataclass
@@ -83,6 +113,9 @@ class LocalFlower:
         self.owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="fedgma-flwr-")) if root is None else Path(root)
         (self.root / "ray").mkdir(parents=True, exist_ok=True)
+        # Staged app copies (``run``): outside ``root``, so no process of a run names this setup's folder
+        # in its command line for them (``kill`` and the memory samples find processes by that name).
+        self.apps = Path(tempfile.mkdtemp(prefix="fedgma-apps-"))
         # What this setup's processes have in their command lines (FLWR_HOME, Ray's folder), with the
         # separator so that a setup in /tmp/flwr1 does not match, and stop, the processes of /tmp/flwr10.
         self.mention = f"{self.root}{os.sep}"
@@ -122,6 +155,7 @@ class LocalFlower:
     def close(self) -> None:
         """Stop every process this setup started, by PID, and remove its folder if it made it."""
         self.kill()
+        shutil.rmtree(self.apps, ignore_errors=True)
         if self.owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -141,11 +175,12 @@ class LocalFlower:
         and, when sampling, the GPU memory of every process is sampled too (``nvidia-smi``).
         """
         self.stop_foreign_superlinks()
+        app = staged_app(Path(app_dir).resolve(), Path(tempfile.mkdtemp(prefix="app-", dir=self.apps)))
         config = run_config if isinstance(run_config, str) else run_config_arg(run_config)
         federation = f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client}"
         if gpus_per_client:
             federation += f" client-resources-num-gpus={gpus_per_client}"
-        command = [FLWR, "run", str(app_dir), "--stream", "--run-config", config, "--federation-config", federation]
+        command = [FLWR, "run", str(app), "--stream", "--run-config", config, "--federation-config", federation]
         samples: list[tuple[float, int]] = []
         gpu_peak = 0
         done = threading.Event()
@@ -180,6 +215,7 @@ class LocalFlower:
             done.set()
             if sampler is not None:
                 sampler.join()
+            shutil.rmtree(app, ignore_errors=True)
         return FlowerRun("".join(lines), process.returncode, time.perf_counter() - start,
                          max((b for _, b in samples), default=0), samples, gpu_peak)
 
