@@ -38,7 +38,7 @@ def test_benchmark_on_cuda_without_a_gpu_stops_before_measuring(tmp_path, monkey
 @pytest.mark.simulation
 def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     main(["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--clients", "2", "--rounds", "2",
-          "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--scaling-k", "2", "--memory-rounds", "0",
+          "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--memory-rounds", "0",
           "--throughput-images", "20"])
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["machine"]["cores"] >= 1 and report["versions"]["flwr"]
@@ -52,11 +52,9 @@ def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     assert [(a["k"], a["strategy"]) for a in report["aggregation"]] == [
         (k, s) for k in (2, 3) for s in STRATEGIES]
     assert all(a["seconds"] > 0 for a in report["aggregation"])
-    assert [s["clients"] for s in report["scaling"]] == [2]
     # memory over rounds is measured by the same function as the round times (left out here: one run less)
     memory = report["round_time"]["simulation (fedgma)"]["rss_at_round_end_bytes"]
     assert "memory" not in report and len(memory) == 2 and all(memory)
-    assert (tmp_path / "round_time_scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert "One aggregate_train call" in capsys.readouterr().out
     throughput = report["throughput"]
     assert throughput["train_gflop"] > 0 and all(throughput[f"{kind}_{p}_gflops"] > 0

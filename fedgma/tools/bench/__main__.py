@@ -1,4 +1,4 @@
-"""Benchmark: Flower simulation vs the bare PyTorch loop, aggregation cost, scaling.
+"""Benchmark: Flower simulation vs the bare PyTorch loop, aggregation cost, memory, throughput.
 
     python -m fedgma.tools.bench --data-dir ../shared/data/mnist            # defaults: 10 to 40 minutes on 2 CPU cores
     python -m fedgma.tools.bench --data-dir ../shared/data/mnist --quick    # a tiny smoke run (a few minutes)
@@ -11,18 +11,18 @@ Measured side by side in one run, on the same data, model and local training:
    the rounds after the first, the first round's extra cost, and the launch
    overhead (wall time of ``flwr run`` not spent in rounds);
 2. one ``aggregate_train`` call for K clients of the 579,009-parameter CNN;
-3. round time against clients per round, bare loop and simulation (a plot);
-4. the RSS of the whole process tree at the end of every round of a longer,
+3. the RSS of the whole process tree at the end of every round of a longer,
    light simulation, to show whether memory grows with rounds;
-5. training throughput per core in fp32 and bf16 against the same core's
+4. training throughput per core in fp32 and bf16 against the same core's
    matrix-multiplication ceiling (``fedgma.tools.bench.throughput``);
-6. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
+5. on a GPU (``--device cuda``, or ``auto`` where torch sees one): the main
    comparison's setup with 0.1, 0.25 and 0.5 GPU per client (seconds per round,
    ratio to the bare loop on the same GPU, GPU memory of one client process), and
    with ``--seed-experiment`` the end-to-end wall time of ``configs/seed-repo.toml``
    (50 rounds) at the fastest fraction.
 
-Writes ``report.json`` and ``round_time_scaling.png`` to ``--out`` and prints a table.
+Writes ``report.json`` to ``--out`` and prints tables. Round time and memory against the clients per round
+and the number of virtual clients: ``python -m fedgma.tools.bench.scale``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from fedgma.outputs import versions
 from . import throughput
 from .aggregation import measure_aggregation
 from ..local_flower import LocalFlower
-from .report import plot_scaling, print_tables
+from .report import print_tables
 from .runs import bare, seed_experiment, simulation
 
 def gpu_sharing(flower: LocalFlower, config: dict[str, Any], clients: int, fractions: list[float], out: Path,
@@ -74,8 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-examples", type=int, default=1000, help="test examples per test set")
     parser.add_argument("--aggregation-k", default="10,100,1000",
                         help="clients per aggregate_train call ('' skips this part)")
-    parser.add_argument("--scaling-k", default="10,100,1000",
-                        help="clients per round for the scaling curve ('' skips this part)")
     parser.add_argument("--cpus-per-client", type=int, default=1,
                         help="client-resources-num-cpus of the round-time simulations")
     parser.add_argument("--memory-rounds", type=int, default=12,
@@ -129,26 +127,22 @@ def _aggregation(args: argparse.Namespace, report: dict[str, Any]) -> None:
     report["aggregation"] = measure_aggregation([int(k) for k in args.aggregation_k.split(",") if k], progress)
 
 
-def _scaling(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any], out: Path,
-             report: dict[str, Any]) -> None:
-    """Round time against clients per round, and memory over rounds, on a light configuration."""
-    report["scaling"] = []
-    light = base | {"strategy": "fedavg", "num-server-rounds": 3, "local-epochs": 1, "max-client-examples": 32}
-    for k in (int(k) for k in args.scaling_k.split(",") if k):
-        progress(f"scaling, {k} clients per round")
-        report["scaling"].append({"clients": k, "bare loop": bare(light, k)["median_round_s"],
-                                  "simulation": simulation(flower, light, k, out / f"scaling-{k}")})
+def _memory(flower: LocalFlower, args: argparse.Namespace, base: dict[str, Any], out: Path,
+            report: dict[str, Any]) -> None:
+    """The process tree's RSS at the end of every round of a longer, light simulation (FedAvg, one local epoch
+    of at most 32 examples per client, at most 100 clients)."""
     if args.memory_rounds:
-        progress(f"memory over {args.memory_rounds} rounds, 100 clients")
-        report["memory"] = simulation(flower, light | {"num-server-rounds": args.memory_rounds}, min(100, args.clients),
-                                      out / "memory")
+        progress(f"memory over {args.memory_rounds} rounds, {min(100, args.clients)} clients")
+        light = base | {"strategy": "fedavg", "num-server-rounds": args.memory_rounds, "local-epochs": 1,
+                        "max-client-examples": 32}
+        report["memory"] = simulation(flower, light, min(100, args.clients), out / "memory")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.quick:
         args.clients, args.rounds, args.client_examples, args.test_examples = 10, 2, 30, 200
-        args.aggregation_k, args.scaling_k, args.memory_rounds = "5,10", "4,8", 3
+        args.aggregation_k, args.memory_rounds = "5,10", 3
         args.throughput_images = min(args.throughput_images, 60)
     resolve_device(args.device)  # a clear error now if cuda was asked for and is missing
     FLOWER_LOGGER.setLevel(logging.WARNING)
@@ -169,13 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     with LocalFlower() as flower:
         _round_times(flower, args, base, out, report)
         _aggregation(args, report)
-        _scaling(flower, args, base, out, report)
+        _memory(flower, args, base, out, report)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    if report["scaling"]:
-        plot_scaling(report["scaling"], out / "round_time_scaling.png", report["machine"])
     print_tables(report)
-    progress(f"report: {out / 'report.json'}, plot: {out / 'round_time_scaling.png'}")
+    progress(f"report: {out / 'report.json'}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""The benchmark report as printed tables and a PNG plot."""
+"""The benchmark report as printed tables."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -19,12 +18,6 @@ def print_tables(report: dict[str, Any]) -> None:
     for a in report["aggregation"]:
         print(f"{a['k']:>6}  {a['strategy']:<26}{a['seconds']:>10.4f}{a['ratio_to_fedavg']:>10.2f}"
               f"{a['ratio_to_fedadam']:>11.2f}")
-    print("\nRound time against clients per round (FedAvg, 1 local full-batch epoch of at most 32 examples)")
-    print(f"{'clients':>8}{'bare s':>10}{'simulation s':>14}{'ratio':>8}{'sim peak RSS GB':>17}")
-    for s in report["scaling"]:
-        sim = s["simulation"]
-        print(f"{s['clients']:>8}{s['bare loop']:>10.2f}{sim['median_round_s']:>14.2f}"
-              f"{sim['median_round_s'] / s['bare loop']:>8.2f}{sim['peak_rss_bytes'] / 1e9:>17.2f}")
     print_memory(report)
     print_throughput(report)
     print_gpu(report)
@@ -63,26 +56,3 @@ def print_memory(report: dict[str, Any]) -> None:
     if "memory" in report:
         rss = [b / 1e9 for b in report["memory"]["rss_at_round_end_bytes"]]
         print(f"\nProcess-tree RSS at the end of each round (GB): {' '.join(f'{r:.2f}' for r in rss)}")
-
-
-def plot_scaling(scaling: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    clients = [s["clients"] for s in scaling]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(clients, [s["bare loop"] for s in scaling], marker="o", label="bare PyTorch loop (compute floor)")
-    ax.plot(clients, [s["simulation"]["median_round_s"] for s in scaling], marker="s",
-            label="flwr run simulation (FedAvg)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("clients per round")
-    ax.set_ylabel("seconds per round (median)")
-    ax.set_title(f"Round time vs clients, {machine['cores']} cores", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
