@@ -63,3 +63,11 @@ def test_the_protocol_loads_without_the_server_strategies():
     code = "import sys, fedgma.strategies.protocol; print(sorted(m for m in sys.modules if m.startswith('fedgma')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "['fedgma', 'fedgma.strategies', 'fedgma.strategies.protocol']"
+
+
+def test_the_server_app_imports_no_partitioner():
+    """Only clients partition: the ServerApp's start skips datasets and flwr_datasets (with seaborn, scipy)."""
+    code = ("import sys\nimport fedgma.server_app\n"
+            "print(sorted(m for m in ('datasets', 'flwr_datasets', 'seaborn') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]", result.stdout
