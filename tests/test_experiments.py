@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,8 +19,7 @@ from fedgma.tools.experiments.__main__ import main
 from fedgma.tools.experiments.grid import available_grids, load_grid
 from fedgma.tools.experiments.results import IS_BASELINE, group_runs, load_runs, summary_rows
 from fedgma.tools.experiments.statistics import paired_comparison
-from fedgma.tools.experiments.runner import COMPLETED, INTERRUPTED, NEW, run_grid, run_state
-from fedgma.tools.local_flower import LocalFlower
+from fedgma.tools.experiments.runner import INTERRUPTED, NEW, run_grid, run_state
 from fedgma.checkpoint import CHECKPOINT
 from fedgma.settings import ConfigError, Settings
 from fedgma.training import to_input
@@ -198,6 +195,7 @@ def test_runner_resumes_a_run_that_failed_midway_before_moving_on(tmp_path, caps
     assert [o.status for o in outcomes] == ["running"] and stubborn.resumed == [False, True, True]
     assert "flwr exited with code 1" in capsys.readouterr().err
     assert run_state(tmp_path / "s" / "g" / "seed=0", 3) == INTERRUPTED
+    assert run_state(tmp_path / "nothing", 3) == NEW
 
 
 def test_runner_copies_a_run_equal_to_a_completed_run_of_another_grid(tmp_path, capsys):
@@ -232,33 +230,6 @@ def test_run_command_queues_grids_in_order_and_checks_them_all_first(tmp_path, m
     assert ran == [("smoke", "flower"), ("seed-repo", "flower")]  # one local Flower for the whole queue
     assert main(["run", "smoke", "nope"]) == 2 and len(ran) == 2  # a bad name stops it before any run
     assert "No grid 'nope'" in capsys.readouterr().err
-
-
-# --- the runner resumes a grid -------------------------------------------------------------------
-@pytest.mark.simulation
-def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mnist_dir, capsys):
-    grid_file = tmp_path / "tiny.toml"
-    grid_file.write_text('supernodes = 3\n[config]\nnum-server-rounds = 3\nmax-client-examples = 300\n'
-                         'max-test-examples = 200\nmin-available-nodes = 3\n[vary]\nseed = [0, 1]\n')
-    grid, results = load_grid(str(grid_file)), tmp_path / "results"
-    first, second = (results / "tiny" / run.name for run in grid.runs)
-    with LocalFlower() as flower:
-        runner = threading.Thread(target=run_grid, args=(grid, results, str(mnist_dir)),  # no retry: the grid,
-                                  kwargs={"flower": flower, "retries": 0})  # not one run, is what stops here
-        runner.start()
-        deadline = time.time() + 400
-        while time.time() < deadline and runner.is_alive() and not (second / CHECKPOINT).exists():
-            time.sleep(0.05)
-        flower.kill()  # the grid is interrupted while its second run trains
-        runner.join()
-    assert run_state(first, 3) == COMPLETED and run_state(second, 3) == INTERRUPTED
-    outcomes = run_grid(grid, results, str(mnist_dir))
-    assert [o.state for o in outcomes] == [COMPLETED, INTERRUPTED]
-    assert [o.status for o in outcomes] == ["skipped", "completed"]
-    report = json.loads((second / "metrics.json").read_text())
-    assert report["resumed"] and [r["round"] for r in report["rounds"]] == [0, 1, 2, 3]
-    assert "already completed, skipped" in capsys.readouterr().out
-    assert run_state(tmp_path / "nothing", 3) == NEW
 
 
 # --- the seed repository's preprocessing -------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Runs that survive: same seed, same result; interrupted and resumed equals done in one go.
+"""Runs that survive: same seed, same result; interrupted, resumed and extended equals done in one go.
 
-Through the real simulation engine (``flwr run``, Ray, 6 virtual clients of
-which 3, sampled reproducibly, train in each round), for FedGMA and for GMA over FedAdam (whose server moments must
-survive the interruption).
+Through the real simulation engine (``flwr run``, Ray, 6 virtual clients of which 3, sampled reproducibly,
+train in each round), for FedGMA and for GMA over FedAdam (whose server moments must survive the
+interruption), driven the way a grid is: by the experiment runner (``run_grid``), which resumes what was
+interrupted, skips what is done and extends a finished run to more rounds.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import threading
 import time
 
 import pytest
-from conftest import REPO
 
-from fedgma.tools.local_flower import LocalFlower
 from fedgma.checkpoint import load_checkpoint
-from fedgma.settings import ConfigError
+from fedgma.server_app import _start
+from fedgma.settings import ConfigError, Settings
+from fedgma.tools.experiments.grid import Grid, Run
+from fedgma.tools.experiments.runner import COMPLETED, EXTEND, INTERRUPTED, run_config_for, run_grid, run_state
+from fedgma.tools.local_flower import LocalFlower
 
 pytestmark = pytest.mark.simulation
 
@@ -32,10 +35,11 @@ def rounds_without_timing(folder):
 NODES = 6
 
 
-def tiny(mnist_dir, out, **extra):
-    return {"data-dir": str(mnist_dir), "num-server-rounds": 4, "max-client-examples": 120, "max-test-examples": 200,
-            "min-available-nodes": NODES, "fraction-train": 0.5, "fraction-evaluate": 1.0, "output-dir": str(out),
-            **extra}
+def one_run(strategy: dict, rounds: int) -> Grid:
+    """A grid of one seed-0 run of ``strategy`` for ``rounds`` rounds."""
+    config = {"num-server-rounds": rounds, "max-client-examples": 120, "max-test-examples": 200,
+              "min-available-nodes": NODES, "fraction-train": 0.5, "fraction-evaluate": 1.0, **strategy}
+    return Grid("reliability", "one run", [Run("seed=0", config, NODES, 1)])
 
 
 @pytest.fixture(scope="module")
@@ -53,54 +57,55 @@ def checkpoint_round(folder) -> int:
 
 @pytest.mark.parametrize("strategy", [{"strategy": "fedgma"}, {"strategy": "fedadam", "gma": True}],
                          ids=["fedgma", "gma-fedadam"])
-def test_same_seed_same_result_and_resume_equals_one_go(flower, mnist_dir, tmp_path, strategy):
-    """Same seed, same result, and a resumed run equals one go: the interrupted run is a second run of the same
-    seed (its rounds up to the kill must equal the first run's), the resumed one writes the remaining rounds and
-    the final model, which must be byte-identical to the first run's."""
-    first, interrupted = tmp_path / "first", tmp_path / "interrupted"
-    done = flower.run(REPO, tiny(mnist_dir, first, **strategy), NODES)
-    assert json.loads((first / "metrics.json").read_text())["status"] == "completed", done.output[-4000:]
+def test_same_seed_same_result_and_resumed_then_extended_equals_one_go(flower, mnist_dir, tmp_path, strategy,
+                                                                       capsys):
+    """A 5-round run in one go; then the same seed as a 4-round grid, killed by PID after round 2 is
+    checkpointed (its rounds so far must equal the first run's), resumed by the runner, skipped once done and
+    extended to 5 rounds: rounds and final model must be byte-identical to the run done in one go."""
+    data = str(mnist_dir)
+    [done] = run_grid(one_run(strategy, 5), tmp_path / "one-go", data, flower=flower)
+    first = tmp_path / "one-go" / "reliability" / "seed=0"
+    assert done.status == "completed", capsys.readouterr().err[-4000:]
     rounds = rounds_without_timing(first)[1:]
-    assert [row["replies-accepted"] for row in rounds] == [3] * 4  # half of the clients, sampled
+    assert [row["replies-accepted"] for row in rounds] == [3] * 5  # half of the clients, sampled
     assert {row["sampling-order"] for row in rounds} == {"simulation registration"}  # no client was asked
     assert {row["aggregation"] for row in rounds} == {"running sums"}  # each reply folded in as it came
+    # Resuming with another configuration is refused before anything is written (in Flower, the run then fails
+    # with this message as its status details, as any ConfigError does: tests/test_simulation.py).
+    other = Settings.from_run_config(run_config_for(one_run(strategy, 5).runs[0], first, data, COMPLETED)
+                                     | {"resume": True, "lr": 0.01})
+    with pytest.raises(ConfigError, match="Cannot resume: the run config differs from the checkpoint's in 'lr'"):
+        _start(other)
 
-    # Killed by PID right after round 2 is checkpointed, then resumed.
-    runner = threading.Thread(target=flower.run, args=(REPO, tiny(mnist_dir, interrupted, **strategy), NODES))
-    runner.start()
+    grid, results = one_run(strategy, 4), tmp_path / "grid"
+    folder = results / "reliability" / "seed=0"
+    runner = threading.Thread(target=run_grid, args=(grid, results, data), kwargs={"flower": flower, "retries": 0})
+    runner.start()  # no retry: the test, not the runner, resumes this one
     deadline = time.time() + 300
-    while checkpoint_round(interrupted) < 2 and time.time() < deadline and runner.is_alive():
+    while checkpoint_round(folder) < 2 and time.time() < deadline and runner.is_alive():
         time.sleep(0.02)
     flower.kill()
     runner.join()
-    killed_at = checkpoint_round(interrupted)
+    killed_at = checkpoint_round(folder)
     assert 2 <= killed_at < 4, f"the kill should land in round 3 or 4, checkpoint holds round {killed_at}"
-    assert json.loads((interrupted / "metrics.json").read_text())["status"] == "running"
-    so_far = rounds_without_timing(interrupted)
+    assert run_state(folder, 4) == INTERRUPTED
+    so_far = rounds_without_timing(folder)
     assert len(so_far) > killed_at and so_far == rounds_without_timing(first)[:len(so_far)]  # same seed so far
 
-    done = flower.run(REPO, tiny(mnist_dir, interrupted, resume=True, **strategy), NODES)
-    report = json.loads((interrupted / "metrics.json").read_text())
-    assert report["status"] == "completed", done.output[-4000:]
-    assert f"Resumed from the checkpoint of round {killed_at}" in done.output
-    assert report["resumed"][0]["from-round"] == killed_at
-    assert rounds_without_timing(interrupted) == rounds_without_timing(first)
-    assert (interrupted / "model.pt").read_bytes() == (first / "model.pt").read_bytes()
+    capsys.readouterr()
+    [resumed] = run_grid(grid, results, data, flower=flower)
+    assert (resumed.state, resumed.status) == (INTERRUPTED, "completed")
+    assert f"Resumed from the checkpoint of round {killed_at}" in capsys.readouterr().out
+    assert json.loads((folder / "metrics.json").read_text())["resumed"][0]["from-round"] == killed_at
+    assert rounds_without_timing(folder) == rounds_without_timing(first)[:5]
+    [again] = run_grid(grid, results, data, flower=flower)
+    assert again.status == "skipped"
 
-
-def test_resume_refuses_another_configuration_and_extends_a_finished_run(flower, mnist_dir, tmp_path):
-    out = tmp_path / "run"
-    config = tiny(mnist_dir, out, **{"num-server-rounds": 1, "fraction-evaluate": 0.0})
-    assert json.loads((flower.run(REPO, config, NODES).output and (out / "metrics.json")).read_text())["status"] \
-        == "completed"
-    flower.run(REPO, config | {"resume": True, "lr": 0.01, "p": 0.5}, NODES)
-    latest = flower.runs()[0]
-    assert latest["status"] == "finished:failed"
-    assert "Cannot resume: the run config differs from the checkpoint's in 'lr'" in latest["status-details"]
-    assert "'p': checkpoint 0.7, now 0.5" in latest["status-details"]
-
-    done = flower.run(REPO, config | {"resume": True, "num-server-rounds": 2}, NODES)  # extend a completed run
-    report = json.loads((out / "metrics.json").read_text())
-    assert report["status"] == "completed", done.output[-4000:]
-    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
-    assert report["config"]["num-server-rounds"] == 2
+    longer = one_run(strategy, 5)
+    assert run_state(folder, 5) == EXTEND
+    capsys.readouterr()
+    [extended] = run_grid(longer, results, data, flower=flower)
+    assert (extended.state, extended.status) == (EXTEND, "completed")
+    assert "Resumed from the checkpoint of round 4" in capsys.readouterr().out
+    assert rounds_without_timing(folder) == rounds_without_timing(first)
+    assert (folder / "model.pt").read_bytes() == (first / "model.pt").read_bytes()
