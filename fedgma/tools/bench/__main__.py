@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             "num-server-rounds": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
             "max-client-examples": args.client_examples, "max-test-examples": args.test_examples,
             "fraction-train": 1.0, "device": args.device}
-    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench",
+    report: dict[str, Any] = {"command": shlex.join([Path(sys.executable).name, "-m", "fedgma.tools.bench",
                                                    *sys.argv[1:]]),
                               "machine": machine(), "versions": versions(), "config": base,
                               "clients": args.clients, "cpus_per_client": args.cpus_per_client,

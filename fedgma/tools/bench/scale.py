@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     apps = {"this": REPO} | ({"baseline": Path(args.baseline_app).resolve()} if args.baseline_app else {})
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, "-m", "fedgma.tools.bench.scale", *sys.argv[1:]]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "fedgma.tools.bench.scale", *sys.argv[1:]]),
         "machine": machine(), "versions": versions(), "strategy": args.strategy, "rounds": args.rounds,
         "apps": {name: str(app) for name, app in apps.items()}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     with LocalFlower() as flower:
