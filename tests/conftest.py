@@ -16,6 +16,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedgma.strategies.records import encode
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: client-resources-num-cpus for the end-to-end tests whose point is not clients training side by side: on a
+#: 2-core machine one Ray actor per run instead of two, so one torch import and partition build fewer per run
+#: (the suite runs two test files at once, which keeps both cores busy anyway). The reliability, fault and
+#: main simulation tests keep two actors: replies arriving in either order is part of what they check.
+ONE_ACTOR = min(2, len(os.sched_getaffinity(0)))
 MNIST_DIR = Path(os.environ.get("FEDGMA_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist")).resolve()
 
 

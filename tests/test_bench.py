@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ONE_ACTOR
 
 from fedgma.tools.bench.__main__ import main
 from fedgma.tools.bench.runs import round_summary
@@ -39,7 +40,7 @@ def test_benchmark_on_cuda_without_a_gpu_stops_before_measuring(tmp_path, monkey
 def test_tiny_benchmark_writes_report_and_plot(tmp_path, mnist_dir, capsys):
     main(["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--clients", "2", "--rounds", "2",
           "--client-examples", "16", "--test-examples", "50", "--aggregation-k", "2,3", "--memory-rounds", "0",
-          "--throughput-images", "20"])
+          "--throughput-images", "20", "--cpus-per-client", str(ONE_ACTOR)])
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["machine"]["cores"] >= 1 and report["versions"]["flwr"]
     assert set(report["round_time"]) == {"bare loop (fedavg)", "simulation (fedavg)", "simulation (fedgma)"}

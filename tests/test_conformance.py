@@ -17,7 +17,7 @@ import math
 import shutil
 
 import pytest
-from conftest import REPO
+from conftest import ONE_ACTOR, REPO
 
 from fedgma.tools.local_flower import LocalFlower
 
@@ -50,7 +50,7 @@ def test_a_flower_app_shape_trains_under_every_wrapper(case, flower, mnist_dir, 
     results = tmp_path / "results.json"
     reads_mnist = "data-dir" in (app / "pyproject.toml").read_text()
     done = flower.run(app, {"results-path": str(results)} | ({"data-dir": str(mnist_dir)} if reads_mnist else {})
-                      | config, 2, timeout=600)
+                      | config, 2, ONE_ACTOR, timeout=600)
     assert results.is_file(), done.output[-6000:]
     variants = json.loads(results.read_text())
     assert {"fedavg", "gma-fedavg", "gma-fedadam", "fedgma"} <= set(variants)

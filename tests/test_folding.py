@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 import pytest
 from conftest import grid_with, reply, simulated_nodes
-from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedYogi
 
 from fedgma.strategies import GMA, FedGMA, ReplyGuard

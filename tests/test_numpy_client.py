@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import ONE_ACTOR, REPO
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 
@@ -107,7 +107,7 @@ def test_foreign_numpy_client_trains_with_fedgma_through_the_adapter(tmp_path):
     """The README's example app, run as is: its weights are what the client's fit and FedGMA's rule give."""
     out = tmp_path / "weights.npz"
     with LocalFlower() as flower:
-        done = flower.run(EXAMPLE, {"num-server-rounds": 3, "output-file": str(out)}, 4)
+        done = flower.run(EXAMPLE, {"num-server-rounds": 3, "output-file": str(out)}, 4, ONE_ACTOR)
         assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
     got = [np.load(out)[f"arr_{i}"] for i in range(2)]
 
@@ -144,7 +144,7 @@ def test_a_legacy_client_against_our_server_gets_a_clear_diagnosis(mnist_dir, tm
     out = tmp_path / "out"
     with LocalFlower() as flower:
         done = flower.run(app, {"data-dir": str(mnist_dir), "num-server-rounds": 1, "max-client-examples": 50,
-                                "max-test-examples": 100, "output-dir": str(out)}, 2)
+                                "max-test-examples": 100, "output-dir": str(out)}, 2, ONE_ACTOR)
         status = flower.runs()[0]["status"]
     assert "the ClientApp is a legacy ClientApp(client_fn=...) serving a NumPyClient" in done.output
     assert "fedgma.clientapp_from_numpy_client(client_fn)" in done.output

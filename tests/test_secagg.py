@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, layers
+from conftest import ONE_ACTOR, REPO, layers
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import Code, FitIns, FitRes, MessageType, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
@@ -195,7 +195,7 @@ def test_the_legacy_app_runs_fedgma_under_secagg_equal_to_the_plain_run(mnist_di
     with LocalFlower() as flower:
         for secagg in (False, True):
             done = flower.run(REPO / "examples" / "legacy", config | {"secagg": secagg,
-                                                                     "output-dir": str(tmp_path / str(secagg))}, 3)
+                                                                     "output-dir": str(tmp_path / str(secagg))}, 3, ONE_ACTOR)
             assert flower.runs()[0]["status"] == "finished:completed", done.output[-4000:]
     plain_out, secure_out = tmp_path / "False", tmp_path / "True"
     report = json.loads((plain_out / "metrics.json").read_text())  # the legacy app writes the main app's outputs

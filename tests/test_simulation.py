@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, mlflow_run, tensorboard_scalars, tracking_env, wandb_records
+from conftest import ONE_ACTOR, REPO, mlflow_run, tensorboard_scalars, tracking_env, wandb_records
 
 from fedgma.tools.local_flower import LocalFlower
 from fedgma.model import build_model
@@ -69,7 +69,7 @@ def test_simulation_runs_and_writes_results(flower, mnist_dir, tmp_path):
 
 
 def test_bad_run_config_value_fails_before_round_one(flower):
-    done = flower.run(REPO, {"strategy": "fedfoo"}, 2)
+    done = flower.run(REPO, {"strategy": "fedfoo"}, 2, ONE_ACTOR)
     latest = flower.runs()[0]
     assert latest["status"] == "finished:failed", latest
     assert "Run-config key 'strategy' is 'fedfoo'; allowed values" in latest["status-details"]
@@ -79,6 +79,6 @@ def test_bad_run_config_value_fails_before_round_one(flower):
 def test_unknown_run_config_key_is_refused_by_flower(flower):
     """Flower checks keys against pyproject itself and starts no run (its message does not name the key)."""
     before = len(flower.runs())
-    done = flower.run(REPO, {"stratgy": "fedavg"}, 2)
+    done = flower.run(REPO, {"stratgy": "fedavg"}, 2, ONE_ACTOR)
     assert "Invalid run configuration" in done.output
     assert len(flower.runs()) == before
