@@ -87,7 +87,8 @@ def draw(settings: Settings, rows: list[dict[str, Any]], partner: dict[str, Any]
     ax.set_ylabel("OOD test accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{TASKS[settings.task]}, seed {settings.seed}: {run_label(partner['config'])} beside its baseline")
+    ax.set_title(textwrap.fill(f"{TASKS[settings.task]}, seed {settings.seed}: {run_label(partner['config'])} "
+                               "beside its baseline", 80), fontsize=10)
     caption = "\n".join(textwrap.fill(line, 110) for line in summary(settings, rows, partner))
     fig.text(0.01, 0.01, caption, fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
