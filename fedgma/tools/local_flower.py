@@ -37,7 +37,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import pathspec
+from flwr.cli.utils import build_pathspec, load_gitignore_patterns
 
 from .processes import (command_lines, descendants, free_port, gpu_memory_bytes, pids_mentioning, rss_bytes,
                         stop_tree_and_mentions, stop_trees)
@@ -66,24 +66,25 @@ def foreign_superlinks(commands: dict[int, list[str]], port: str) -> set[int]:
 
 
 def staged_app(app_dir: Path, into: Path) -> Path:
-    """Copy ``app_dir`` into the (new) folder ``into``, leaving out ``.git`` (a folder, or a worktree's file), symbolic links and what the
-    app's ``.gitignore`` ignores, which Flower leaves out of the FAB too (it reads the same file with the
-    same pattern syntax), so ``flwr run`` of the copy sends the same FAB. A folder the ``.gitignore``
-    ignores is not entered; with a negated pattern (``!``) every file is matched one by one instead."""
-    ignore = app_dir / ".gitignore"
-    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
-    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    """Copy ``app_dir`` into the (new) folder ``into`` without ``.git`` (a folder, or a worktree's file),
+    symbolic links and what the app's ``.gitignore`` ignores, read by Flower's own functions, so ``flwr run``
+    of the copy sends the FAB Flower builds from ``app_dir``. A folder the ``.gitignore`` ignores is not
+    entered, unless a negated pattern (``!``) could bring a file inside it back."""
+    patterns = load_gitignore_patterns(app_dir / ".gitignore")  # [] without one
+    ignored = build_pathspec(patterns).match_file
     prune = not any(pattern.startswith("!") for pattern in patterns)
+
+    def kept(path: Path) -> bool:
+        return path.name != ".git" and not path.is_symlink()
+
     for folder, subfolders, files in os.walk(app_dir):
         relative = Path(folder).relative_to(app_dir)
-        subfolders[:] = [name for name in subfolders if name != ".git" and not (Path(folder, name).is_symlink() or (
-            prune and spec.match_file(f"{(relative / name).as_posix()}/")))]
+        subfolders[:] = [name for name in subfolders if kept(Path(folder, name))
+                         and not (prune and ignored(f"{(relative / name).as_posix()}/"))]
         (into / relative).mkdir(parents=True, exist_ok=True)
         for name in files:
-            source = Path(folder, name)
-            if name != ".git" and not source.is_symlink() and not spec.match_file((relative / name).as_posix()):
-                shutil.copy2(source, into / relative / name)
+            if kept(Path(folder, name)) and not ignored((relative / name).as_posix()):
+                shutil.copy2(Path(folder, name), into / relative / name)
     return into
 
 
